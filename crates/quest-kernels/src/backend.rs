@@ -1,0 +1,275 @@
+//! The backend abstraction: one trait, implemented by the CPU reference and by CUDA, with the same
+//! signatures and the same math. Buffers are the backend's own (`Vec<T>` on the CPU, device memory
+//! on CUDA); ops write into caller-provided outputs so a decode step allocates nothing.
+//!
+//! Shapes are stated per op: activations are row-major f32, weights and KV pages are [`Half`]
+//! storage (f16 or bf16) read into f32 arithmetic.
+
+use crate::dtype::{Elem, Half};
+use crate::error::Result;
+use crate::layout::{PageTable, PagedLayout, TableRows};
+
+/// Temperature and nucleus (top-p) sampling. `temperature == 0` means greedy (argmax).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: f32,
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub num_qo_heads: usize,
+    pub layout: PagedLayout,
+    /// Softmax scale, usually `1 / sqrt(head_dim)`.
+    pub sm_scale: f32,
+}
+
+impl AttentionShape {
+    pub fn group_size(&self) -> usize {
+        self.num_qo_heads / self.layout.num_kv_heads
+    }
+}
+
+/// A page table resident on a backend, with its row structure (`indptr`) also kept on the host so
+/// launches can be sized without a device round trip.
+pub struct DevicePageTable<B: Backend> {
+    pub indptr_host: Vec<i32>,
+    pub indptr: B::Buf<i32>,
+    pub indices: B::Buf<i32>,
+    pub last_page_len: B::Buf<i32>,
+}
+
+impl<B: Backend> DevicePageTable<B> {
+    /// Uploads a host table after validating it against `layout`.
+    pub fn upload(backend: &B, table: &PageTable, layout: &PagedLayout) -> Result<Self> {
+        table.validate("page table upload", layout)?;
+        Ok(DevicePageTable {
+            indptr_host: table.indptr.clone(),
+            indptr: backend.upload(&table.indptr)?,
+            indices: backend.upload(&table.indices)?,
+            last_page_len: backend.upload(&table.last_page_len)?,
+        })
+    }
+
+    /// An output table for [`Backend::select_top_pages`]: for each sequence row of `input_indptr`,
+    /// `heads` rows (query or KV heads) of `min(n_pages, budget_pages)` pages each.
+    pub fn for_selection(
+        backend: &B,
+        input_indptr: &[i32],
+        heads: usize,
+        budget_pages: usize,
+    ) -> Result<Self> {
+        let mut indptr = Vec::with_capacity(input_indptr.len().saturating_sub(1) * heads + 1);
+        indptr.push(0i32);
+        for w in input_indptr.windows(2) {
+            let n = ((w[1] - w[0]).max(0) as usize).min(budget_pages);
+            for _ in 0..heads {
+                indptr.push(indptr.last().copied().unwrap_or(0) + n as i32);
+            }
+        }
+        let nnz = *indptr.last().unwrap_or(&0) as usize;
+        let rows = indptr.len() - 1;
+        Ok(DevicePageTable {
+            indptr: backend.upload(&indptr)?,
+            indptr_host: indptr,
+            indices: backend.zeros(nnz)?,
+            last_page_len: backend.zeros(rows)?,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.indptr_host.len().saturating_sub(1)
+    }
+
+    /// Total pages over all rows.
+    pub fn nnz(&self) -> usize {
+        self.indptr_host.last().copied().unwrap_or(0).max(0) as usize
+    }
+
+    /// Copies the table back to the host (tests, debugging).
+    pub fn to_host(&self, backend: &B) -> Result<PageTable> {
+        Ok(PageTable {
+            indptr: self.indptr_host.clone(),
+            indices: backend.download(&self.indices)?,
+            last_page_len: backend.download(&self.last_page_len)?,
+        })
+    }
+}
+
+/// A compute backend. Every method validates its shapes and returns an error (never panics) when
+/// they do not fit.
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// A buffer of `T` owned by this backend.
+    type Buf<T: Elem>: Send + Sync;
+
+    /// A short human-readable name, e.g. `cpu` or `cuda:0 (NVIDIA H100)`.
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------------------------
+
+    /// A buffer of `len` elements, all zero.
+    fn zeros<T: Elem>(&self, len: usize) -> Result<Self::Buf<T>>;
+    /// A buffer holding a copy of `data`.
+    fn upload<T: Elem>(&self, data: &[T]) -> Result<Self::Buf<T>>;
+    /// The buffer's contents copied to the host.
+    fn download<T: Elem>(&self, buf: &Self::Buf<T>) -> Result<Vec<T>>;
+    /// Overwrites `buf[offset..offset + data.len()]` with `data`.
+    fn write<T: Elem>(&self, buf: &mut Self::Buf<T>, offset: usize, data: &[T]) -> Result<()>;
+    /// Elements in `buf`.
+    fn buf_len<T: Elem>(&self, buf: &Self::Buf<T>) -> usize;
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- dense ops ----------------------------------------------------------------------------
+
+    /// `out[i, :] = table[tokens[i], :]`; table `[vocab, hidden]`, out `[n, hidden]`.
+    fn embedding<W: Half>(
+        &self,
+        table: &Self::Buf<W>,
+        hidden: usize,
+        tokens: &Self::Buf<u32>,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// `out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * weight`; rows of `weight.len()`.
+    fn rms_norm<W: Half>(
+        &self,
+        x: &Self::Buf<f32>,
+        weight: &Self::Buf<W>,
+        eps: f32,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// `out[n, m] = x[n, k] · w[m, k]^T` (a linear layer with PyTorch's weight layout).
+    fn matmul<W: Half>(
+        &self,
+        x: &Self::Buf<f32>,
+        w: &Self::Buf<W>,
+        n: usize,
+        k: usize,
+        m: usize,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// Rotary embedding in place on `x[n, heads, head_dim]` (Hugging Face's rotate-half pairing:
+    /// channel `i` with `i + head_dim/2`), angle `positions[t] * inv_freq[i]` for row `t`.
+    /// `inv_freq` has `head_dim / 2` entries, see [`crate::rope`].
+    fn rope(
+        &self,
+        x: &mut Self::Buf<f32>,
+        positions: &Self::Buf<i32>,
+        inv_freq: &Self::Buf<f32>,
+        head_dim: usize,
+    ) -> Result<()>;
+
+    /// `out = silu(gate) * up`, element-wise.
+    fn silu_mul(
+        &self,
+        gate: &Self::Buf<f32>,
+        up: &Self::Buf<f32>,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// `x += y`, element-wise.
+    fn add_assign(&self, x: &mut Self::Buf<f32>, y: &Self::Buf<f32>) -> Result<()>;
+
+    /// Index of the largest logit in each row of `logits[n, vocab]` (lowest index on ties).
+    fn argmax(&self, logits: &Self::Buf<f32>, vocab: usize, out: &mut Self::Buf<u32>)
+    -> Result<()>;
+
+    /// One token per row of `logits[n, vocab]`: softmax at `temperature`, keep the smallest set of
+    /// most likely tokens whose mass reaches `top_p` (ties by lower index), and invert the CDF of
+    /// that set at `uniforms[i]` in `[0, 1)`. Greedy when `temperature == 0`.
+    fn sample(
+        &self,
+        logits: &Self::Buf<f32>,
+        vocab: usize,
+        params: SamplingParams,
+        uniforms: &Self::Buf<f32>,
+        out: &mut Self::Buf<u32>,
+    ) -> Result<()>;
+
+    // ---- paged KV cache -----------------------------------------------------------------------
+
+    /// Writes token `t`'s key `k[t, :, :]` and value `v[t, :, :]` (each `[n, num_kv_heads,
+    /// head_dim]`) into slot `slots[t]` of the KV pages (see [`crate::layout`]).
+    fn append_kv<T: Half>(
+        &self,
+        kv: &mut Self::Buf<T>,
+        layout: &PagedLayout,
+        k: &Self::Buf<f32>,
+        v: &Self::Buf<f32>,
+        slots: &Self::Buf<i32>,
+    ) -> Result<()>;
+
+    /// Recomputes the max/min bounds of each listed page over its first `page_lens[i]` keys.
+    fn update_bounds<T: Half>(
+        &self,
+        kv: &Self::Buf<T>,
+        bounds: &mut Self::Buf<T>,
+        layout: &PagedLayout,
+        pages: &Self::Buf<i32>,
+        page_lens: &Self::Buf<i32>,
+    ) -> Result<()>;
+
+    // ---- Quest selection ----------------------------------------------------------------------
+
+    /// Criticality of every page of a per-sequence table for every query head:
+    /// `scores[h, j] = Σ_i max(q[b, h, i] · max[p, g, i], q[b, h, i] · min[p, g, i])` for page
+    /// `p = indices[j]` of row `b` and KV head `g = h / group_size`. `q` is `[batch, qo_heads,
+    /// head_dim]`, `scores` is `[num_qo_heads, nnz]`.
+    fn estimate_pages<T: Half>(
+        &self,
+        q: &Self::Buf<f32>,
+        bounds: &Self::Buf<T>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        scores: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// Top-k page selection. For each row of the per-sequence `table` and each head of `rows`
+    /// ([`TableRows::PerQoHead`]: scores as given; [`TableRows::PerKvHead`]: scores summed over the
+    /// query heads of each GQA group), keeps the sequence's last page and the `budget_pages - 1`
+    /// highest-scoring other pages (ties to the earlier page), written in table order. Rows with at
+    /// most `budget_pages` pages keep all of them. `out` comes from
+    /// [`DevicePageTable::for_selection`] with the matching head count and `budget_pages`.
+    fn select_top_pages(
+        &self,
+        scores: &Self::Buf<f32>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        budget_pages: usize,
+        rows: TableRows,
+        out: &mut DevicePageTable<Self>,
+    ) -> Result<()>;
+
+    // ---- attention ----------------------------------------------------------------------------
+
+    /// One query token per sequence: `out[b, h] = softmax(q[b, h] · K^T * sm_scale) · V` over the
+    /// tokens of the pages in `table`'s row for `(b, h)` (see [`TableRows`]). `q`, `out`:
+    /// `[batch, num_qo_heads, head_dim]`.
+    fn decode_attention<T: Half>(
+        &self,
+        q: &Self::Buf<f32>,
+        kv: &Self::Buf<T>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        rows: TableRows,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// Causal attention for the last `qo_indptr[b+1] - qo_indptr[b]` tokens of each sequence `b`
+    /// of a per-sequence `table` (whose K/V are already appended): query token `i` of a sequence
+    /// of `L` tokens with `n` queries sits at position `L - n + i` and sees keys `0..=L - n + i`.
+    /// `q`, `out`: `[total_queries, num_qo_heads, head_dim]`.
+    fn prefill_attention<T: Half>(
+        &self,
+        q: &Self::Buf<f32>,
+        kv: &Self::Buf<T>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        qo_indptr: &[i32],
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+}

@@ -1,0 +1,141 @@
+//! CPU reference for Quest's page selection: the criticality estimate from per-page key bounds,
+//! and top-k pages per head.
+
+use crate::backend::AttentionShape;
+use crate::dtype::Half;
+use crate::error::{Result, arg_err, expect_len, shape_err};
+use crate::layout::{PageTable, TableRows};
+
+/// `scores[h, j] = Σ_i max(q_i · max_i, q_i · min_i)`, an upper bound of `q · k` for every key `k`
+/// in page `indices[j]` (each term bounds `q_i k_i` because `min_i <= k_i <= max_i`).
+pub fn estimate_pages<T: Half>(
+    q: &[f32],
+    bounds: &[T],
+    shape: &AttentionShape,
+    table: &PageTable,
+    scores: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "estimate_pages";
+    let layout = &shape.layout;
+    check_heads(OP, shape)?;
+    table.validate(OP, layout)?;
+    expect_len(OP, "bounds", bounds.len(), layout.bounds_len())?;
+    let (hq, d) = (shape.num_qo_heads, layout.head_dim);
+    let batch = table.rows();
+    expect_len(OP, "q", q.len(), batch * hq * d)?;
+    let nnz = table.indices.len();
+    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    let group = shape.group_size();
+    for b in 0..batch {
+        for j in table.indptr[b] as usize..table.indptr[b + 1] as usize {
+            let page = table.indices[j] as usize;
+            for h in 0..hq {
+                let g = h / group;
+                let qh = &q[(b * hq + h) * d..(b * hq + h + 1) * d];
+                let hi = &bounds[layout.bounds_offset(page, 0, g)..][..d];
+                let lo = &bounds[layout.bounds_offset(page, 1, g)..][..d];
+                scores[h * nnz + j] = qh
+                    .iter()
+                    .zip(hi.iter().zip(lo))
+                    .map(|(&qi, (&a, &b))| (qi * a.to_f32()).max(qi * b.to_f32()))
+                    .sum();
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_heads(op: &'static str, shape: &AttentionShape) -> Result<()> {
+    let kvh = shape.layout.num_kv_heads;
+    if kvh == 0 || shape.num_qo_heads == 0 || shape.num_qo_heads % kvh != 0 {
+        return Err(shape_err(
+            op,
+            format!(
+                "{} query heads are not a multiple of {kvh} KV heads",
+                shape.num_qo_heads
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Keeps the last page of each sequence and the `budget_pages - 1` best others, per head row; see
+/// [`crate::Backend::select_top_pages`]. `out` must have the row structure of
+/// [`crate::DevicePageTable::for_selection`]; its indices and last page lengths are written.
+pub fn select_top_pages(
+    scores: &[f32],
+    shape: &AttentionShape,
+    table: &PageTable,
+    budget_pages: usize,
+    rows: TableRows,
+    out: &mut PageTable,
+) -> Result<()> {
+    const OP: &str = "select_top_pages";
+    check_heads(OP, shape)?;
+    table.validate(OP, &shape.layout)?;
+    if budget_pages == 0 {
+        return Err(arg_err(OP, "budget of 0 pages: the last page is always kept"));
+    }
+    let hq = shape.num_qo_heads;
+    let nnz = table.indices.len();
+    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    let (heads, group) = match rows {
+        TableRows::PerQoHead => (hq, 1),
+        TableRows::PerKvHead => (shape.layout.num_kv_heads, shape.group_size()),
+        TableRows::PerSequence => {
+            return Err(arg_err(OP, "selection rows must be per query or per KV head"));
+        }
+    };
+    let batch = table.rows();
+    expect_len(OP, "output rows", out.rows(), batch * heads)?;
+    let mut want = vec![0i32];
+    for b in 0..batch {
+        let n = table.row(b).len().min(budget_pages) as i32;
+        for _ in 0..heads {
+            want.push(want.last().copied().unwrap_or(0) + n);
+        }
+    }
+    if out.indptr != want {
+        return Err(shape_err(
+            OP,
+            "output table rows do not match the budget (build it with for_selection)",
+        ));
+    }
+    out.indices.resize(*want.last().unwrap_or(&0) as usize, 0);
+    out.last_page_len.resize(batch * heads, 0);
+    let mut order: Vec<usize> = Vec::new();
+    for b in 0..batch {
+        let (start, end) = (table.indptr[b] as usize, table.indptr[b + 1] as usize);
+        let n = end - start;
+        for head in 0..heads {
+            let row = b * heads + head;
+            let dst = out.indptr[row] as usize;
+            out.last_page_len[row] = table.last_page_len[b];
+            if n <= budget_pages {
+                out.indices[dst..dst + n].copy_from_slice(&table.indices[start..end]);
+                continue;
+            }
+            let score = |j: usize| -> f32 {
+                (head * group..(head + 1) * group)
+                    .map(|h| scores[h * nnz + start + j])
+                    .sum()
+            };
+            // All but the last page compete; best first, earlier page on ties, NaN last.
+            order.clear();
+            order.extend(0..n - 1);
+            let keyed: Vec<f32> = (0..n - 1).map(score).collect();
+            order.sort_by(|&a, &b| {
+                let (sa, sb) = (keyed[a], keyed[b]);
+                let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
+                key(sb).total_cmp(&key(sa)).then(a.cmp(&b))
+            });
+            order.truncate(budget_pages - 1);
+            order.sort_unstable();
+            for (i, &j) in order.iter().enumerate() {
+                out.indices[dst + i] = table.indices[start + j];
+            }
+            out.indices[dst + budget_pages - 1] = table.indices[end - 1];
+        }
+    }
+    Ok(())
+}

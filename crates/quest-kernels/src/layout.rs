@@ -1,0 +1,205 @@
+//! The paged KV layout, stated once (FlashInfer's NHD convention), and the CSR page tables that
+//! describe which pages each sequence (or each head) reads.
+//!
+//! **KV pages**, one buffer per layer, shape `[num_pages, 2, page_size, num_kv_heads, head_dim]`:
+//! index 0 of the second axis holds keys, 1 holds values. Element `(page, kv, slot, head, d)` sits at
+//! `(((page * 2 + kv) * page_size + slot) * num_kv_heads + head) * head_dim + d`.
+//!
+//! **Page bounds**, one buffer per layer, shape `[num_pages, 2, num_kv_heads, head_dim]`: index 0 is
+//! the element-wise max of the page's keys (post-RoPE), 1 the min, over the page's filled slots. Same
+//! page ids as the KV pages.
+//!
+//! **A token's slot** is `page * page_size + offset` with `0 <= offset < page_size`.
+//!
+//! **A page table** (CSR) has `rows + 1` entries of `indptr`; row `r` reads pages
+//! `indices[indptr[r]..indptr[r + 1]]` in order, every one full except the last, which holds
+//! `last_page_len[r]` tokens (`1 <= last_page_len <= page_size`). A row's length in tokens is
+//! `page_size * (n_pages - 1) + last_page_len`. A row is a sequence (dense attention, selection
+//! input) or one head of a sequence (sparse attention after selection), see [`TableRows`].
+
+use crate::error::{Result, arg_err, index_err, shape_err};
+
+/// Geometry of one layer's KV pages. Every kernel that touches the cache takes this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagedLayout {
+    pub num_pages: usize,
+    pub page_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl PagedLayout {
+    /// Elements in the KV buffer of one layer.
+    pub fn kv_len(&self) -> usize {
+        self.num_pages * 2 * self.page_size * self.num_kv_heads * self.head_dim
+    }
+
+    /// Elements in the bounds buffer of one layer.
+    pub fn bounds_len(&self) -> usize {
+        self.num_pages * 2 * self.num_kv_heads * self.head_dim
+    }
+
+    /// Elements of one token's K (or V) across heads: `num_kv_heads * head_dim`.
+    pub fn token_width(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Offset of `(page, kv, slot, head, 0)`; `kv` is 0 for keys, 1 for values.
+    #[inline]
+    pub fn kv_offset(&self, page: usize, kv: usize, slot: usize, head: usize) -> usize {
+        (((page * 2 + kv) * self.page_size + slot) * self.num_kv_heads + head) * self.head_dim
+    }
+
+    /// Offset of `(page, which, head, 0)` in the bounds buffer; `which` is 0 for max, 1 for min.
+    #[inline]
+    pub fn bounds_offset(&self, page: usize, which: usize, head: usize) -> usize {
+        ((page * 2 + which) * self.num_kv_heads + head) * self.head_dim
+    }
+
+    /// Rejects geometry the kernels do not support.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        if self.page_size == 0 || self.num_kv_heads == 0 || self.head_dim == 0 {
+            return Err(arg_err(op, format!("empty layout {self:?}")));
+        }
+        if self.num_pages > i32::MAX as usize / self.page_size {
+            return Err(arg_err(op, "num_pages * page_size does not fit in i32 slots"));
+        }
+        Ok(())
+    }
+}
+
+/// What the rows of a page table stand for, in a batch of `batch` sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableRows {
+    /// Row `b` is sequence `b`; every head reads the same pages.
+    PerSequence,
+    /// Row `b * num_qo_heads + h` is query head `h` of sequence `b`.
+    PerQoHead,
+    /// Row `b * num_kv_heads + g` is KV head `g` of sequence `b`, shared by its GQA group.
+    PerKvHead,
+}
+
+impl TableRows {
+    /// Rows a table of this kind has for `batch` sequences.
+    pub fn count(self, batch: usize, num_qo_heads: usize, num_kv_heads: usize) -> usize {
+        match self {
+            TableRows::PerSequence => batch,
+            TableRows::PerQoHead => batch * num_qo_heads,
+            TableRows::PerKvHead => batch * num_kv_heads,
+        }
+    }
+
+    /// The row that query head `h` of sequence `b` reads.
+    #[inline]
+    pub fn row(self, b: usize, h: usize, num_qo_heads: usize, num_kv_heads: usize) -> usize {
+        match self {
+            TableRows::PerSequence => b,
+            TableRows::PerQoHead => b * num_qo_heads + h,
+            TableRows::PerKvHead => b * num_kv_heads + h / (num_qo_heads / num_kv_heads),
+        }
+    }
+}
+
+/// A CSR page table on the host. See the module docs for the convention.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageTable {
+    pub indptr: Vec<i32>,
+    pub indices: Vec<i32>,
+    pub last_page_len: Vec<i32>,
+}
+
+impl PageTable {
+    /// An empty table with zero rows.
+    pub fn new() -> Self {
+        PageTable {
+            indptr: vec![0],
+            indices: Vec::new(),
+            last_page_len: Vec::new(),
+        }
+    }
+
+    /// Appends a row reading `pages`, the last holding `last_page_len` tokens.
+    pub fn push_row(&mut self, pages: &[i32], last_page_len: i32) {
+        if self.indptr.is_empty() {
+            self.indptr.push(0);
+        }
+        self.indices.extend_from_slice(pages);
+        self.indptr.push(self.indices.len() as i32);
+        self.last_page_len.push(last_page_len);
+    }
+
+    pub fn rows(&self) -> usize {
+        self.indptr.len().saturating_sub(1)
+    }
+
+    /// Pages read by row `r` (callers validate first).
+    pub fn row(&self, r: usize) -> &[i32] {
+        &self.indices[self.indptr[r] as usize..self.indptr[r + 1] as usize]
+    }
+
+    /// Tokens in row `r`: `page_size * (n_pages - 1) + last_page_len`, 0 for an empty row.
+    pub fn row_tokens(&self, r: usize, page_size: usize) -> usize {
+        let n = (self.indptr[r + 1] - self.indptr[r]) as usize;
+        if n == 0 {
+            0
+        } else {
+            page_size * (n - 1) + self.last_page_len[r] as usize
+        }
+    }
+
+    /// Checks the CSR structure against `layout`: monotone `indptr` starting at 0 and ending at
+    /// `indices.len()`, page ids in range, `1 <= last_page_len <= page_size` for non-empty rows.
+    pub fn validate(&self, op: &'static str, layout: &PagedLayout) -> Result<()> {
+        if self.indptr.is_empty() || self.indptr[0] != 0 {
+            return Err(shape_err(op, "page table indptr must start with 0"));
+        }
+        let rows = self.rows();
+        if self.last_page_len.len() != rows {
+            return Err(shape_err(
+                op,
+                format!(
+                    "page table has {rows} rows but {} last_page_len entries",
+                    self.last_page_len.len()
+                ),
+            ));
+        }
+        if *self.indptr.last().unwrap_or(&0) as usize != self.indices.len() {
+            return Err(shape_err(
+                op,
+                format!(
+                    "page table indptr ends at {} but indices has {} entries",
+                    self.indptr[rows],
+                    self.indices.len()
+                ),
+            ));
+        }
+        for r in 0..rows {
+            if self.indptr[r + 1] < self.indptr[r] {
+                return Err(shape_err(op, format!("page table indptr decreases at row {r}")));
+            }
+            let n = self.indptr[r + 1] - self.indptr[r];
+            let last = self.last_page_len[r];
+            if n > 0 && (last < 1 || last as usize > layout.page_size) {
+                return Err(index_err(
+                    op,
+                    format!(
+                        "row {r}: last_page_len {last} outside 1..={}",
+                        layout.page_size
+                    ),
+                ));
+            }
+        }
+        for (i, &p) in self.indices.iter().enumerate() {
+            if p < 0 || p as usize >= layout.num_pages {
+                return Err(index_err(
+                    op,
+                    format!(
+                        "page id {p} at position {i} outside 0..{}",
+                        layout.num_pages
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! Ops for Quest sparse-attention decoding, with a CPU reference backend and (behind the same
+//! [`Backend`] trait) a CUDA backend.
+//!
+//! The paged KV layout every op uses is described once, in [`layout`].
+
+pub mod backend;
+pub mod cpu;
+pub mod dtype;
+pub mod error;
+pub mod layout;
+pub mod rope;
+
+pub use backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
+pub use cpu::CpuBackend;
+pub use dtype::{DType, Elem, Half};
+pub use error::{KernelError, Result};
+pub use half::{bf16, f16};
+pub use layout::{PageTable, PagedLayout, TableRows};
+pub use rope::{Llama3Scaling, RopeConfig};

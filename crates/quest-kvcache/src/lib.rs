@@ -1,0 +1,1 @@
+//! Paged KV cache with per-page key bounds.

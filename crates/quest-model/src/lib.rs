@@ -1,0 +1,1 @@
+//! Llama model on the quest backends.
