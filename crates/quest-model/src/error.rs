@@ -35,6 +35,11 @@ pub enum ModelError {
         new: usize,
         context: usize,
     },
+    #[error("{seq}: {source}")]
+    CacheFull {
+        seq: quest_kvcache::SeqId,
+        source: quest_kvcache::CacheError,
+    },
     #[error("invalid argument: {0}")]
     Argument(String),
     #[error(transparent)]

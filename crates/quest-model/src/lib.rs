@@ -1,13 +1,20 @@
 //! Llama on the quest backends: checkpoint import (GGUF) and loading (safetensors), tokenizer,
 //! the model with its prefill and decode step, KV selection policies and sampling.
 
+pub mod checkpoint;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod generate;
 pub mod gguf;
+pub mod llama;
+pub mod policy;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
 pub use convert::{ConvertSummary, convert_gguf};
 pub use error::{ModelError, Result};
+pub use generate::{GenerateParams, GenerateStats, Generation, generate};
+pub use llama::{Forward, Llama, ReadStats, Weights};
+pub use policy::{Dense, KvPolicy, Quest, QuestConfig, Selection};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -1,0 +1,180 @@
+//! `quest generate`: stream a continuation of a prompt, then a summary of speed and cache traffic.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use quest_kernels::{Backend, CpuBackend, Half, SamplingParams, TableRows, f16};
+use quest_kvcache::KvCache;
+use quest_model::{
+    Dense, GenerateParams, KvPolicy, Llama, Quest, QuestConfig, TextStream, Tokenizer, generate,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyKind {
+    Dense,
+    Quest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt text.
+    #[arg(
+        long,
+        conflicts_with = "prompt_file",
+        required_unless_present = "prompt_file"
+    )]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Wrap the prompt in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, value_enum, default_value_t = PolicyKind::Quest)]
+    pub policy: PolicyKind,
+    /// Quest: tokens each head attends to per decode step.
+    #[arg(long, default_value_t = 512)]
+    pub budget: usize,
+    /// Tokens per KV page.
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    /// Quest: the first layers that stay dense.
+    #[arg(long, default_value_t = 2)]
+    pub skip_layers: usize,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+fn read_prompt(args: &GenerateArgs) -> Result<String> {
+    match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the prompt file {}", f.display())),
+        (None, None) => bail!("give --prompt or --prompt-file"),
+    }
+}
+
+pub fn run(args: GenerateArgs, quiet: bool) -> Result<()> {
+    if args.page_size == 0 || args.budget == 0 {
+        bail!("--page-size and --budget must be positive");
+    }
+    match args.device {
+        Device::Cuda => {
+            bail!("--device cuda: this build has no CUDA backend yet; use --device cpu")
+        }
+        Device::Auto | Device::Cpu => {
+            if !quiet {
+                eprintln!("device: {}", CpuBackend.name());
+            }
+            run_on::<CpuBackend, f16>(&CpuBackend, &args, quiet)
+        }
+    }
+}
+
+fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) -> Result<()> {
+    if !args.model.is_dir() {
+        bail!(
+            "model directory {} does not exist (run `quest fetch smollm2` first)",
+            args.model.display()
+        );
+    }
+    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let model = Llama::<B, W>::load(backend, &args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let mut text = read_prompt(args)?;
+    if args.chat {
+        text = tokenizer.apply_chat_template(&text)?;
+    }
+    let prompt = tokenizer.encode(&text)?;
+    let context = model.config().max_position_embeddings;
+    if prompt.len() + args.max_new_tokens > context {
+        bail!(
+            "the prompt has {} tokens; with --max-new-tokens {} that exceeds the model's context of {context}",
+            prompt.len(),
+            args.max_new_tokens
+        );
+    }
+    let pages = (prompt.len() + args.max_new_tokens).div_ceil(args.page_size) + 1;
+    let mut cache = KvCache::<B, W>::new(backend, model.cache_config(pages, args.page_size))?;
+    let mut policy: Box<dyn KvPolicy<B, W>> = match args.policy {
+        PolicyKind::Dense => Box::new(Dense),
+        PolicyKind::Quest => Box::new(Quest::<B>::new(QuestConfig {
+            budget: args.budget,
+            skip_layers: args.skip_layers,
+            rows: TableRows::PerQoHead,
+        })?),
+    };
+    let params = GenerateParams {
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+        },
+        seed: args.seed,
+        stop_tokens: model.config().eos_tokens(),
+        prefill_chunk: 512,
+    };
+    let mut stream = TextStream::new();
+    let mut stdout = std::io::stdout();
+    let (gens, stats) = generate(
+        &model,
+        &mut cache,
+        policy.as_mut(),
+        &[prompt],
+        &params,
+        |_, tok| {
+            if let Ok(piece) = stream.push(&tokenizer, tok) {
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+            }
+        },
+    )?;
+    println!();
+    if let Some(e) = &gens[0].error {
+        bail!("generation stopped: {e}");
+    }
+    if !quiet {
+        let rate = |n: usize, t: std::time::Duration| n as f64 / t.as_secs_f64().max(1e-9);
+        let steps = stats.decode_steps.max(1);
+        let r = &stats.decode_reads;
+        eprintln!(
+            "policy {}: {} prompt tokens, {} generated; prefill {:.1} tok/s, decode {:.2} tok/s",
+            policy.name(),
+            stats.prompt_tokens,
+            stats.generated_tokens,
+            rate(stats.prompt_tokens, stats.prefill_time),
+            rate(stats.decode_steps, stats.decode_time),
+        );
+        eprintln!(
+            "KV pages in use: {} of {}; per decode step read {:.2} MiB of KV + {:.2} MiB of bounds, dense reads {:.2} MiB ({:.1}%)",
+            stats.pages_in_use,
+            cache.config().num_pages,
+            r.kv_bytes as f64 / steps as f64 / 1048576.0,
+            r.bounds_bytes as f64 / steps as f64 / 1048576.0,
+            r.dense_kv_bytes as f64 / steps as f64 / 1048576.0,
+            100.0 * (r.kv_bytes + r.bounds_bytes) as f64 / r.dense_kv_bytes.max(1) as f64,
+        );
+    }
+    Ok(())
+}
