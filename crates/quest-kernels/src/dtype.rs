@@ -110,4 +110,3 @@ impl Half for f32 {
         dst.copy_from_slice(src);
     }
 }
-

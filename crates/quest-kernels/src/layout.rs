@@ -62,7 +62,20 @@ impl PagedLayout {
             return Err(arg_err(op, format!("empty layout {self:?}")));
         }
         if self.num_pages > i32::MAX as usize / self.page_size {
-            return Err(arg_err(op, "num_pages * page_size does not fit in i32 slots"));
+            return Err(arg_err(
+                op,
+                "num_pages * page_size does not fit in i32 slots",
+            ));
+        }
+        // kv_len() (the largest product) must not overflow: callers compare it to buffer lengths.
+        let kv_len = [2, self.page_size, self.num_kv_heads, self.head_dim]
+            .iter()
+            .try_fold(self.num_pages, |acc, &x| acc.checked_mul(x));
+        if kv_len.is_none() {
+            return Err(arg_err(
+                op,
+                format!("layout {self:?}: KV buffer size overflows usize"),
+            ));
         }
         Ok(())
     }
@@ -175,7 +188,10 @@ impl PageTable {
         }
         for r in 0..rows {
             if self.indptr[r + 1] < self.indptr[r] {
-                return Err(shape_err(op, format!("page table indptr decreases at row {r}")));
+                return Err(shape_err(
+                    op,
+                    format!("page table indptr decreases at row {r}"),
+                ));
             }
             let n = self.indptr[r + 1] - self.indptr[r];
             let last = self.last_page_len[r];

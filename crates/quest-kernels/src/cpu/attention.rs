@@ -91,7 +91,14 @@ pub fn decode_attention<T: Half>(
         let keys = gather_row(kv, layout, table, row, 0, h / group);
         let values = gather_row(kv, layout, table, row, 1, h / group);
         let n = table.row_tokens(row, layout.page_size);
-        attend(&q[bh * d..(bh + 1) * d], &keys, &values, n, shape.sm_scale, o);
+        attend(
+            &q[bh * d..(bh + 1) * d],
+            &keys,
+            &values,
+            n,
+            shape.sm_scale,
+            o,
+        );
     });
     Ok(())
 }
@@ -117,7 +124,8 @@ pub fn prefill_attention<T: Half>(
         return Err(shape_err(OP, "qo_indptr must start with 0"));
     }
     for b in 0..batch {
-        let n = qo_indptr[b + 1] - qo_indptr[b];
+        // In i64: hostile i32 entries must not overflow the subtraction.
+        let n = qo_indptr[b + 1] as i64 - qo_indptr[b] as i64;
         let len = table.row_tokens(b, layout.page_size);
         if n < 0 || n as usize > len {
             return Err(shape_err(

@@ -25,7 +25,10 @@ pub fn embedding<W: Half>(
     expect_len(OP, "out", out.len(), tokens.len() * hidden)?;
     for (row, &t) in out.chunks_exact_mut(hidden).zip(tokens) {
         if t as usize >= vocab {
-            return Err(index_err(OP, format!("token {t} outside vocabulary of {vocab}")));
+            return Err(index_err(
+                OP,
+                format!("token {t} outside vocabulary of {vocab}"),
+            ));
         }
         let t = t as usize;
         W::to_f32_slice(&table[t * hidden..(t + 1) * hidden], row);
@@ -124,7 +127,10 @@ pub fn matmul<W: Half>(
 pub fn rope(x: &mut [f32], positions: &[i32], inv_freq: &[f32], head_dim: usize) -> Result<()> {
     const OP: &str = "rope";
     if head_dim == 0 || head_dim % 2 != 0 {
-        return Err(arg_err(OP, format!("head_dim {head_dim} must be even and > 0")));
+        return Err(arg_err(
+            OP,
+            format!("head_dim {head_dim} must be even and > 0"),
+        ));
     }
     let half = head_dim / 2;
     expect_len(OP, "inv_freq", inv_freq.len(), half)?;
@@ -132,7 +138,7 @@ pub fn rope(x: &mut [f32], positions: &[i32], inv_freq: &[f32], head_dim: usize)
     if n == 0 {
         return expect_len(OP, "x", x.len(), 0);
     }
-    if x.len() % (n * head_dim) != 0 {
+    if x.is_empty() || x.len() % (n * head_dim) != 0 {
         return Err(shape_err(
             OP,
             format!(
@@ -141,13 +147,14 @@ pub fn rope(x: &mut [f32], positions: &[i32], inv_freq: &[f32], head_dim: usize)
             ),
         ));
     }
+    // Checked before anything is rotated, so a refused call leaves x unchanged.
+    if let Some(&pos) = positions.iter().find(|&&p| p < 0) {
+        return Err(index_err(OP, format!("negative position {pos}")));
+    }
     let row = x.len() / n;
     let mut cos = vec![0f32; half];
     let mut sin = vec![0f32; half];
     for (xr, &pos) in x.chunks_exact_mut(row).zip(positions) {
-        if pos < 0 {
-            return Err(index_err(OP, format!("negative position {pos}")));
-        }
         for i in 0..half {
             // f32 angle, as in the reference implementations, so logits match them closely.
             let angle = pos as f32 * inv_freq[i];
@@ -179,7 +186,7 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> Result<()> {
 
 /// `x += y`.
 pub fn add_assign(x: &mut [f32], y: &[f32]) -> Result<()> {
-    expect_len("add", "y", y.len(), x.len())?;
+    expect_len("add_assign", "y", y.len(), x.len())?;
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
     }
@@ -190,23 +197,25 @@ fn check_rows(op: &'static str, logits: &[f32], vocab: usize, out: &[u32]) -> Re
     if vocab == 0 || logits.len() % vocab != 0 {
         return Err(shape_err(
             op,
-            format!("logits of {} elements are not rows of {vocab}", logits.len()),
+            format!(
+                "logits of {} elements are not rows of {vocab}",
+                logits.len()
+            ),
         ));
     }
     expect_len(op, "out", out.len(), logits.len() / vocab)
 }
 
-/// Index of the largest value; NaN never wins; lowest index on ties.
+/// Index of the largest value; NaN never wins (not even over -inf); lowest index on ties; 0 for
+/// a row of NaNs only.
 fn argmax_row(row: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
+    let mut best: Option<(usize, f32)> = None;
     for (i, &v) in row.iter().enumerate() {
-        if v > best_v {
-            best = i;
-            best_v = v;
+        if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
         }
     }
-    best as u32
+    best.map_or(0, |(i, _)| i as u32)
 }
 
 /// Greedy choice per row of `logits[n, vocab]`.
@@ -231,7 +240,10 @@ pub fn sample(
     expect_len(OP, "uniforms", uniforms.len(), out.len())?;
     let SamplingParams { temperature, top_p } = params;
     if !(temperature >= 0.0 && temperature.is_finite()) {
-        return Err(arg_err(OP, format!("temperature {temperature} must be >= 0")));
+        return Err(arg_err(
+            OP,
+            format!("temperature {temperature} must be >= 0"),
+        ));
     }
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(arg_err(OP, format!("top_p {top_p} must be in (0, 1]")));

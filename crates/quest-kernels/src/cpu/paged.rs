@@ -24,7 +24,10 @@ pub fn append_kv<T: Half>(
         return Err(index_err(OP, format!("slot {bad} outside 0..{capacity}")));
     }
     for (t, &slot) in slots.iter().enumerate() {
-        let (page, off) = (slot as usize / layout.page_size, slot as usize % layout.page_size);
+        let (page, off) = (
+            slot as usize / layout.page_size,
+            slot as usize % layout.page_size,
+        );
         for (which, src) in [(0, k), (1, v)] {
             let dst = layout.kv_offset(page, which, off, 0);
             for (d, s) in kv[dst..dst + width]

@@ -56,7 +56,9 @@ pub(crate) fn check_heads(op: &'static str, shape: &AttentionShape) -> Result<()
             ),
         ));
     }
-    Ok(())
+    // Then the geometry: an empty or overflowing layout would otherwise divide by zero or
+    // overflow in the shape arithmetic of the callers.
+    shape.layout.validate(op)
 }
 
 /// Keeps the last page of each sequence and the `budget_pages - 1` best others, per head row; see
@@ -74,7 +76,10 @@ pub fn select_top_pages(
     check_heads(OP, shape)?;
     table.validate(OP, &shape.layout)?;
     if budget_pages == 0 {
-        return Err(arg_err(OP, "budget of 0 pages: the last page is always kept"));
+        return Err(arg_err(
+            OP,
+            "budget of 0 pages: the last page is always kept",
+        ));
     }
     let hq = shape.num_qo_heads;
     let nnz = table.indices.len();
@@ -83,7 +88,10 @@ pub fn select_top_pages(
         TableRows::PerQoHead => (hq, 1),
         TableRows::PerKvHead => (shape.layout.num_kv_heads, shape.group_size()),
         TableRows::PerSequence => {
-            return Err(arg_err(OP, "selection rows must be per query or per KV head"));
+            return Err(arg_err(
+                OP,
+                "selection rows must be per query or per KV head",
+            ));
         }
     };
     let batch = table.rows();
@@ -120,14 +128,18 @@ pub fn select_top_pages(
                     .map(|h| scores[h * nnz + start + j])
                     .sum()
             };
-            // All but the last page compete; best first, earlier page on ties, NaN last.
+            // All but the last page compete; best first, earlier page on ties, NaN last (below
+            // -inf). Numeric comparison, so -0.0 and +0.0 tie (`total_cmp` would rank +0.0 first).
             order.clear();
             order.extend(0..n - 1);
             let keyed: Vec<f32> = (0..n - 1).map(score).collect();
             order.sort_by(|&a, &b| {
                 let (sa, sb) = (keyed[a], keyed[b]);
-                let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
-                key(sb).total_cmp(&key(sa)).then(a.cmp(&b))
+                let by_score = match (sa.is_nan(), sb.is_nan()) {
+                    (false, false) => sb.partial_cmp(&sa).unwrap_or(std::cmp::Ordering::Equal),
+                    (na, nb) => na.cmp(&nb),
+                };
+                by_score.then(a.cmp(&b))
             });
             order.truncate(budget_pages - 1);
             order.sort_unstable();
