@@ -1,0 +1,215 @@
+//! The Llama forward pass on a tiny random model: the prefill and decode paths, batching,
+//! chunking and the Quest policy must agree with each other where the math says they must.
+
+use quest_kernels::{Backend, CpuBackend, TableRows, f16};
+use quest_kvcache::KvCache;
+use quest_model::{Dense, KvPolicy, Llama, LlamaConfig, Quest, QuestConfig, Weights};
+
+/// A small deterministic generator of weights in [-scale, scale).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn tensor(&mut self, n: usize, scale: f32) -> Vec<f16> {
+        (0..n).map(|_| f16::from_f32(self.next() * scale)).collect()
+    }
+
+    fn norm(&mut self, n: usize) -> Vec<f16> {
+        (0..n).map(|_| f16::from_f32(1.0 + 0.2 * self.next())).collect()
+    }
+}
+
+fn tiny_config(heads: usize, kv_heads: usize) -> LlamaConfig {
+    LlamaConfig::from_json(&format!(
+        r#"{{"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
+        "num_attention_heads": {heads}, "num_key_value_heads": {kv_heads}, "head_dim": 16,
+        "vocab_size": 97, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 512, "tie_word_embeddings": true}}"#
+    ))
+    .unwrap()
+}
+
+fn tiny_model(cfg: &LlamaConfig, seed: u64) -> Llama<CpuBackend, f16> {
+    let mut r = Rng(seed);
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let q = cfg.num_attention_heads * cfg.head_dim();
+    let kv = cfg.num_kv_heads() * cfg.head_dim();
+    let s = 1.0 / (h as f32).sqrt() * 1.7;
+    let layers = (0..cfg.num_hidden_layers)
+        .map(|_| quest_model::llama::LayerWeights {
+            attn_norm: r.norm(h),
+            wq: r.tensor(q * h, s * 2.0),
+            wk: r.tensor(kv * h, s * 2.0),
+            wv: r.tensor(kv * h, s),
+            wo: r.tensor(h * q, s),
+            ffn_norm: r.norm(h),
+            w_gate: r.tensor(i * h, s),
+            w_up: r.tensor(i * h, s),
+            w_down: r.tensor(h * i, s),
+        })
+        .collect();
+    let weights = Weights {
+        embed: r.tensor(v * h, 1.0),
+        layers,
+        norm: r.norm(h),
+        lm_head: None,
+    };
+    Llama::new(&CpuBackend, cfg.clone(), weights).unwrap()
+}
+
+fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
+    let mut r = Rng(seed);
+    (0..n)
+        .map(|_| ((r.next() * 0.5 + 0.5) * vocab as f32) as u32 % vocab as u32)
+        .collect()
+}
+
+fn cache(model: &Llama<CpuBackend, f16>, page_size: usize) -> KvCache<CpuBackend, f16> {
+    KvCache::new(&CpuBackend, model.cache_config(128, page_size)).unwrap()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f32 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Logits after feeding `toks`: `prefill` tokens at once, then one decode step per token.
+fn run(
+    model: &Llama<CpuBackend, f16>,
+    policy: &mut dyn KvPolicy<CpuBackend, f16>,
+    toks: &[u32],
+    prefill: usize,
+    page_size: usize,
+) -> Vec<Vec<f32>> {
+    let mut c = cache(model, page_size);
+    let s = c.add_sequence();
+    let mut out = Vec::new();
+    let f = model.forward(&mut c, &[(s, &toks[..prefill])], policy).unwrap();
+    out.push(f.logits);
+    for t in &toks[prefill..] {
+        let f = model.forward(&mut c, &[(s, std::slice::from_ref(t))], policy).unwrap();
+        out.push(f.logits);
+    }
+    out
+}
+
+#[test]
+fn decode_steps_match_a_single_prefill() {
+    for (heads, kv_heads) in [(4, 4), (6, 2)] {
+        let cfg = tiny_config(heads, kv_heads);
+        let model = tiny_model(&cfg, 1);
+        let toks = tokens(70, 2, cfg.vocab_size);
+        for page_size in [8, 16] {
+            let stepwise = run(&model, &mut Dense, &toks, 1, page_size);
+            for n in [1, 17, 40, 70] {
+                let whole = run(&model, &mut Dense, &toks[..n], n, page_size);
+                let e = rel_err(&stepwise[n - 1], &whole[0]);
+                assert!(e < 1e-4, "GQA {heads}/{kv_heads} page {page_size} n {n}: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_equals_its_sequences_alone() {
+    let cfg = tiny_config(6, 2);
+    let model = tiny_model(&cfg, 3);
+    let prompts: Vec<Vec<u32>> = [5, 33, 18]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| tokens(n, 10 + i as u64, cfg.vocab_size))
+        .collect();
+    let mut c = cache(&model, 8);
+    let seqs: Vec<_> = prompts.iter().map(|_| c.add_sequence()).collect();
+    let items: Vec<_> = seqs.iter().zip(&prompts).map(|(&s, p)| (s, &p[..])).collect();
+    let batched = model.forward(&mut c, &items, &mut Dense).unwrap().logits;
+    // One decode step for all three at once, too.
+    let next: Vec<[u32; 1]> = (0..3).map(|i| [i as u32 + 7]).collect();
+    let items: Vec<_> = seqs.iter().zip(&next).map(|(&s, t)| (s, &t[..])).collect();
+    let batched_step = model.forward(&mut c, &items, &mut Dense).unwrap().logits;
+    let v = cfg.vocab_size;
+    for (i, p) in prompts.iter().enumerate() {
+        let mut with_next = p.clone();
+        with_next.push(next[i][0]);
+        let alone = run(&model, &mut Dense, &with_next, p.len(), 8);
+        assert!(rel_err(&batched[i * v..(i + 1) * v], &alone[0]) < 1e-5);
+        assert!(rel_err(&batched_step[i * v..(i + 1) * v], &alone[1]) < 1e-5);
+    }
+}
+
+#[test]
+fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
+    let cfg = tiny_config(6, 2);
+    let model = tiny_model(&cfg, 5);
+    let toks = tokens(120, 6, cfg.vocab_size);
+    let dense = run(&model, &mut Dense, &toks, 60, 8);
+    for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
+        let mut covering = Quest::<CpuBackend>::new(QuestConfig {
+            budget: 128,
+            skip_layers: 0,
+            rows,
+        })
+        .unwrap();
+        let q = run(&model, &mut covering, &toks, 60, 8);
+        assert_eq!(q, dense, "{rows:?}: covering budget must give dense logits exactly");
+        let mut small = Quest::<CpuBackend>::new(QuestConfig {
+            budget: 16,
+            skip_layers: 1,
+            rows,
+        })
+        .unwrap();
+        let q = run(&model, &mut small, &toks, 60, 8);
+        assert!(q.iter().flatten().all(|x| x.is_finite()));
+        let last = q.len() - 1;
+        assert!(
+            rel_err(&q[last], &dense[last]) > 1e-6,
+            "{rows:?}: 2 of 15 pages cannot equal dense attention"
+        );
+    }
+}
+
+#[test]
+fn chunked_prefill_equals_one_pass() {
+    let cfg = tiny_config(4, 2);
+    let model = tiny_model(&cfg, 7);
+    let toks = tokens(50, 8, cfg.vocab_size);
+    let whole = run(&model, &mut Dense, &toks, 50, 16);
+    let mut c = cache(&model, 16);
+    let s = c.add_sequence();
+    let mut last = Vec::new();
+    for chunk in toks.chunks(13) {
+        last = model.forward(&mut c, &[(s, chunk)], &mut Dense).unwrap().logits;
+    }
+    assert!(rel_err(&last, &whole[0]) < 1e-5);
+    assert_eq!(c.seq_len(s).unwrap(), 50);
+}
+
+#[test]
+fn bad_tokens_and_overlong_input_change_nothing() {
+    let cfg = tiny_config(4, 2);
+    let model = tiny_model(&cfg, 9);
+    let mut c = KvCache::new(&CpuBackend, model.cache_config(4, 8)).unwrap();
+    let s = c.add_sequence();
+    let Err(e) = model.forward(&mut c, &[(s, &[1, 2, 97])], &mut Dense) else {
+        panic!("token 97 of a 97-token vocabulary was accepted");
+    };
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+    // 33 tokens need 5 pages of 8; the pool has 4.
+    let long = tokens(33, 1, cfg.vocab_size);
+    let Err(e) = model.forward(&mut c, &[(s, &long)], &mut Dense) else {
+        panic!("33 tokens fit in 32 slots");
+    };
+    assert!(e.to_string().contains("pool is full"), "{e}");
+    assert_eq!(c.seq_len(s).unwrap(), 0);
+    assert_eq!(c.pages_in_use(), 0);
+    let f = model.forward(&mut c, &[(s, &long[..32])], &mut Dense).unwrap();
+    assert_eq!(CpuBackend.buf_len(&f.logits), cfg.vocab_size);
+}
