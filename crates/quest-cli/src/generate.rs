@@ -8,8 +8,36 @@ use clap::{Args, ValueEnum};
 use quest_kernels::{Backend, CpuBackend, Half, SamplingParams, TableRows, f16};
 use quest_kvcache::KvCache;
 use quest_model::{
-    Dense, GenerateParams, KvPolicy, Llama, Quest, QuestConfig, TextStream, Tokenizer, generate,
+    Dense, GenerateObserver, GenerateParams, KvPolicy, Llama, Quest, QuestConfig, TextStream,
+    Tokenizer, generate,
 };
+
+use crate::progress;
+
+/// Streams each new token's text to stdout and shows prefill progress on stderr.
+struct Printer<'a> {
+    tokenizer: &'a Tokenizer,
+    stream: TextStream,
+    prefill: indicatif::ProgressBar,
+}
+
+impl GenerateObserver for Printer<'_> {
+    fn prefill_progress(&mut self, done: usize, total: usize) {
+        self.prefill.set_length(total as u64);
+        self.prefill.set_position(done as u64);
+        if done >= total {
+            self.prefill.finish_and_clear();
+        }
+    }
+
+    fn token(&mut self, _prompt: usize, token: u32) {
+        if let Ok(piece) = self.stream.push(self.tokenizer, token) {
+            let mut stdout = std::io::stdout();
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PolicyKind {
@@ -135,20 +163,20 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
         stop_tokens: model.config().eos_tokens(),
         prefill_chunk: 512,
     };
-    let mut stream = TextStream::new();
-    let mut stdout = std::io::stdout();
+    // Only a long prompt gets a bar; short ones are done before it would draw.
+    let show = !quiet && prompt.len() > params.prefill_chunk;
+    let printer = Printer {
+        tokenizer: &tokenizer,
+        stream: TextStream::new(),
+        prefill: progress::bar(prompt.len() as u64, "prefill", !show),
+    };
     let (gens, stats) = generate(
         &model,
         &mut cache,
         policy.as_mut(),
         &[prompt],
         &params,
-        |_, tok| {
-            if let Ok(piece) = stream.push(&tokenizer, tok) {
-                let _ = write!(stdout, "{piece}");
-                let _ = stdout.flush();
-            }
-        },
+        printer,
     )?;
     println!();
     if let Some(e) = &gens[0].error {

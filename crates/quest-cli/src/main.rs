@@ -2,6 +2,7 @@
 
 mod fetch;
 mod generate;
+mod progress;
 
 use std::path::PathBuf;
 
@@ -56,8 +57,13 @@ fn main() {
 }
 
 fn convert(gguf: &std::path::Path, dir: &std::path::Path, quiet: bool) -> Result<()> {
-    let summary = quest_model::convert_gguf(gguf, dir, |_, _| {})
-        .with_context(|| format!("importing {}", gguf.display()))?;
+    let bar = progress::bar(0, "import", quiet);
+    let summary = quest_model::convert_gguf(gguf, dir, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("importing {}", gguf.display()))?;
+    bar.finish_and_clear();
     if !quiet {
         eprintln!(
             "imported {} into {} ({} tensors, {:.1}M parameters)",

@@ -189,6 +189,19 @@ impl LlamaConfig {
             if !(s.factor >= 1.0 && s.high_freq_factor > s.low_freq_factor) {
                 return bad("rope_scaling factors are inconsistent".into());
             }
+            // Infinite factors (JSON numbers past f32's range) or a non-positive low factor give
+            // meaningless or zero frequencies; an infinite factor also breaks a JSON round trip.
+            if ![s.factor, s.low_freq_factor, s.high_freq_factor]
+                .iter()
+                .all(|f| f.is_finite())
+                || s.low_freq_factor <= 0.0
+                || s.original_max_position_embeddings == 0
+            {
+                return bad(format!(
+                    "rope_scaling factors must be finite, low_freq_factor > 0 and \
+                     original_max_position_embeddings > 0, got {s:?}"
+                ));
+            }
         }
         if let Some(m) = &self.model_type {
             if m != "llama" {

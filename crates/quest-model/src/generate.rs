@@ -81,8 +81,22 @@ impl SplitMix64 {
     }
 }
 
-/// Generates a continuation of each prompt, calling `on_token(prompt_index, token)` as each token
-/// is chosen. Sequences are added to `cache` and removed at the end. A sequence that fails (pool
+/// Hooks into a [`generate`] call. A closure `FnMut(prompt_index, token)` is an observer that
+/// only sees tokens.
+pub trait GenerateObserver {
+    /// Prompt tokens prefilled so far, over all prompts.
+    fn prefill_progress(&mut self, _done: usize, _total: usize) {}
+    /// Token `token` was chosen for prompt `prompt`.
+    fn token(&mut self, prompt: usize, token: u32);
+}
+
+impl<F: FnMut(usize, u32)> GenerateObserver for F {
+    fn token(&mut self, prompt: usize, token: u32) {
+        self(prompt, token)
+    }
+}
+
+/// Generates a continuation of each prompt, telling `observer` of each token as it is chosen. Sequences are added to `cache` and removed at the end. A sequence that fails (pool
 /// full) stops with its error recorded; the others continue.
 pub fn generate<B: Backend, W: Half>(
     model: &Llama<B, W>,
@@ -90,7 +104,7 @@ pub fn generate<B: Backend, W: Half>(
     policy: &mut dyn KvPolicy<B, W>,
     prompts: &[Vec<u32>],
     params: &GenerateParams,
-    mut on_token: impl FnMut(usize, u32),
+    mut observer: impl GenerateObserver,
 ) -> Result<(Vec<Generation>, GenerateStats)> {
     let context = model.config().max_position_embeddings;
     for p in prompts {
@@ -103,6 +117,13 @@ pub fn generate<B: Backend, W: Half>(
                 new: params.max_new_tokens,
                 context,
             });
+        }
+        // Checked here, before any sequence is added, so a bad id stores nothing.
+        let vocab = model.config().vocab_size;
+        if let Some(&bad) = p.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::Argument(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
         }
     }
     if params.prefill_chunk == 0 {
@@ -141,6 +162,7 @@ pub fn generate<B: Backend, W: Half>(
                 let logits = backend.download(&f.logits)?;
                 for (row, &(i, t)) in batch.iter().enumerate() {
                     done[i] += t.len();
+                    observer.prefill_progress(done.iter().sum(), stats.prompt_tokens);
                     last_logits[i] = logits[row * vocab..(row + 1) * vocab].to_vec();
                 }
             }
@@ -166,7 +188,7 @@ pub fn generate<B: Backend, W: Half>(
         // Record the chosen tokens; drop finished sequences.
         alive.retain(|&i| {
             out[i].tokens.push(next[i]);
-            on_token(i, next[i]);
+            observer.token(i, next[i]);
             stats.generated_tokens += 1;
             !(params.stop_tokens.contains(&next[i]) || out[i].tokens.len() >= params.max_new_tokens)
         });

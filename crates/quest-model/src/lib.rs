@@ -14,7 +14,7 @@ pub mod tokenizer;
 pub use config::LlamaConfig;
 pub use convert::{ConvertSummary, convert_gguf};
 pub use error::{ModelError, Result};
-pub use generate::{GenerateParams, GenerateStats, Generation, generate};
+pub use generate::{GenerateObserver, GenerateParams, GenerateStats, Generation, generate};
 pub use llama::{Forward, Llama, ReadStats, Weights};
 pub use policy::{Dense, KvPolicy, Quest, QuestConfig, Selection};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -22,7 +22,9 @@ impl Rng {
     }
 
     fn norm(&mut self, n: usize) -> Vec<f16> {
-        (0..n).map(|_| f16::from_f32(1.0 + 0.2 * self.next())).collect()
+        (0..n)
+            .map(|_| f16::from_f32(1.0 + 0.2 * self.next()))
+            .collect()
     }
 }
 
@@ -92,10 +94,14 @@ fn run(
     let mut c = cache(model, page_size);
     let s = c.add_sequence();
     let mut out = Vec::new();
-    let f = model.forward(&mut c, &[(s, &toks[..prefill])], policy).unwrap();
+    let f = model
+        .forward(&mut c, &[(s, &toks[..prefill])], policy)
+        .unwrap();
     out.push(f.logits);
     for t in &toks[prefill..] {
-        let f = model.forward(&mut c, &[(s, std::slice::from_ref(t))], policy).unwrap();
+        let f = model
+            .forward(&mut c, &[(s, std::slice::from_ref(t))], policy)
+            .unwrap();
         out.push(f.logits);
     }
     out
@@ -112,7 +118,10 @@ fn decode_steps_match_a_single_prefill() {
             for n in [1, 17, 40, 70] {
                 let whole = run(&model, &mut Dense, &toks[..n], n, page_size);
                 let e = rel_err(&stepwise[n - 1], &whole[0]);
-                assert!(e < 1e-4, "GQA {heads}/{kv_heads} page {page_size} n {n}: {e}");
+                assert!(
+                    e < 1e-4,
+                    "GQA {heads}/{kv_heads} page {page_size} n {n}: {e}"
+                );
             }
         }
     }
@@ -129,7 +138,11 @@ fn a_batch_equals_its_sequences_alone() {
         .collect();
     let mut c = cache(&model, 8);
     let seqs: Vec<_> = prompts.iter().map(|_| c.add_sequence()).collect();
-    let items: Vec<_> = seqs.iter().zip(&prompts).map(|(&s, p)| (s, &p[..])).collect();
+    let items: Vec<_> = seqs
+        .iter()
+        .zip(&prompts)
+        .map(|(&s, p)| (s, &p[..]))
+        .collect();
     let batched = model.forward(&mut c, &items, &mut Dense).unwrap().logits;
     // One decode step for all three at once, too.
     let next: Vec<[u32; 1]> = (0..3).map(|i| [i as u32 + 7]).collect();
@@ -159,7 +172,10 @@ fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
         })
         .unwrap();
         let q = run(&model, &mut covering, &toks, 60, 8);
-        assert_eq!(q, dense, "{rows:?}: covering budget must give dense logits exactly");
+        assert_eq!(
+            q, dense,
+            "{rows:?}: covering budget must give dense logits exactly"
+        );
         let mut small = Quest::<CpuBackend>::new(QuestConfig {
             budget: 16,
             skip_layers: 1,
@@ -186,7 +202,10 @@ fn chunked_prefill_equals_one_pass() {
     let s = c.add_sequence();
     let mut last = Vec::new();
     for chunk in toks.chunks(13) {
-        last = model.forward(&mut c, &[(s, chunk)], &mut Dense).unwrap().logits;
+        last = model
+            .forward(&mut c, &[(s, chunk)], &mut Dense)
+            .unwrap()
+            .logits;
     }
     assert!(rel_err(&last, &whole[0]) < 1e-5);
     assert_eq!(c.seq_len(s).unwrap(), 50);
@@ -210,6 +229,8 @@ fn bad_tokens_and_overlong_input_change_nothing() {
     assert!(e.to_string().contains("pool is full"), "{e}");
     assert_eq!(c.seq_len(s).unwrap(), 0);
     assert_eq!(c.pages_in_use(), 0);
-    let f = model.forward(&mut c, &[(s, &long[..32])], &mut Dense).unwrap();
+    let f = model
+        .forward(&mut c, &[(s, &long[..32])], &mut Dense)
+        .unwrap();
     assert_eq!(CpuBackend.buf_len(&f.logits), cfg.vocab_size);
 }

@@ -57,7 +57,11 @@ fn dense_logits_match_transformers() {
     let text =
         std::fs::read_to_string(workspace().join("tests/fixtures/reference_text.txt")).unwrap();
     let tokenizer = Tokenizer::from_dir(&dir).unwrap();
-    assert_eq!(tokenizer.encode(&text).unwrap(), input, "our tokenizer disagrees");
+    assert_eq!(
+        tokenizer.encode(&text).unwrap(),
+        input,
+        "our tokenizer disagrees"
+    );
 
     let model = Llama::<CpuBackend, f16>::load(&CpuBackend, &dir).unwrap();
     let vocab = model.config().vocab_size;
@@ -68,7 +72,9 @@ fn dense_logits_match_transformers() {
     let top5 = fixture["top5_ids"].as_array().unwrap();
     let top5_logits = fixture["top5_logits"].as_array().unwrap();
     for (pos, &tok) in input.iter().enumerate() {
-        let f = model.forward(&mut cache, &[(seq, &[tok])], &mut Dense).unwrap();
+        let f = model
+            .forward(&mut cache, &[(seq, &[tok])], &mut Dense)
+            .unwrap();
         let logits = CpuBackend.download(&f.logits).unwrap();
         assert_eq!(logits.len(), vocab);
         let ours = (0..vocab)
@@ -102,16 +108,32 @@ fn dense_logits_match_transformers() {
             model.forward(&mut c2, &[(s2, &input)], &mut Dense).unwrap()
         };
         let l = CpuBackend.download(&f.logits).unwrap();
-        (0..vocab).max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a))).unwrap() as u32
+        (0..vocab)
+            .max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a)))
+            .unwrap() as u32
     };
     let mut ours = Vec::new();
     for _ in 0..reference.len() {
         ours.push(next);
-        let f = model.forward(&mut cache, &[(seq, &[next])], &mut Dense).unwrap();
+        let f = model
+            .forward(&mut cache, &[(seq, &[next])], &mut Dense)
+            .unwrap();
         let l = CpuBackend.download(&f.logits).unwrap();
-        next = (0..vocab).max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a))).unwrap() as u32;
+        next = (0..vocab)
+            .max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
     }
-    let same = ours.iter().zip(&reference).take_while(|(a, b)| a == b).count();
-    eprintln!("greedy continuation: first {same} of {} tokens identical", reference.len());
-    assert_eq!(ours, reference, "greedy continuation differs from transformers'");
+    let same = ours
+        .iter()
+        .zip(&reference)
+        .take_while(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "greedy continuation: first {same} of {} tokens identical",
+        reference.len()
+    );
+    assert_eq!(
+        ours, reference,
+        "greedy continuation differs from transformers'"
+    );
 }
