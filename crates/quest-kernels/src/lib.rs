@@ -5,6 +5,8 @@
 
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod layout;
@@ -12,6 +14,8 @@ pub mod rope;
 
 pub use backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaBuf};
 pub use dtype::{DType, Elem, Half};
 pub use error::{KernelError, Result};
 pub use half::{bf16, f16};

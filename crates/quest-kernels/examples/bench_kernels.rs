@@ -1,0 +1,297 @@
+//! Kernel benchmark on the CUDA backend: paged decode (dense), Quest's estimate, top-k and sparse
+//! decode, and the whole Quest step, at head_dim 128, page 16, 32 query heads with 32 and 8 KV
+//! heads, batch 1, contexts 4K–128K, budgets 256–4096.
+//!
+//! `cargo run --release -p quest-kernels --example bench_kernels -- [out.json]`
+//!
+//! Method: CUDA events around each run; before each run a 512 MiB memset keeps the GPU busy while
+//! the host queues the op (so host-side launch time is not measured) and evicts L2; every input
+//! (KV pool, bounds, tables) exists in 3 copies, rotated between runs; 5 warm-up runs, then the
+//! median of 25. Bandwidth = the bytes the op must move (each input read once, outputs written
+//! once) / time; "% copy" compares with a device-to-device copy measured in the same run.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cudarc::driver::CudaSlice;
+use quest_kernels::{
+    AttentionShape, Backend, CudaBackend, CudaBuf, DevicePageTable, PageTable, PagedLayout,
+    TableRows, f16,
+};
+
+const COPIES: usize = 3;
+const WARMUP: usize = 5;
+const RUNS: usize = 25;
+const HQ: usize = 32;
+const D: usize = 128;
+const PS: usize = 16;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Timer<'a> {
+    be: &'a CudaBackend,
+    flush: CudaSlice<u8>,
+}
+
+impl Timer<'_> {
+    /// Median device time in microseconds of `f`, run WARMUP + RUNS times with copy index i % 3.
+    fn time(&mut self, mut f: impl FnMut(usize) -> Res<()>) -> Res<f64> {
+        let ctx = self.be.context();
+        let mut samples = Vec::new();
+        for i in 0..WARMUP + RUNS {
+            self.be.stream().memset_zeros(&mut self.flush)?;
+            let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let (a, b) = (ctx.new_event(timing)?, ctx.new_event(timing)?);
+            a.record(self.be.stream())?;
+            f(i % COPIES)?;
+            b.record(self.be.stream())?;
+            if i >= WARMUP {
+                samples.push((a, b));
+            }
+        }
+        self.be.synchronize()?;
+        let mut t: Vec<f64> = samples
+            .iter()
+            .map(|(a, b)| a.elapsed_ms(b).map(|ms| ms as f64 * 1000.0))
+            .collect::<Result<_, _>>()?;
+        t.sort_by(f64::total_cmp);
+        Ok(t[t.len() / 2])
+    }
+}
+
+/// Fills a device buffer with non-zero pseudo-random f16 values (a 16 MiB random block repeated).
+fn random_f16(be: &CudaBackend, len: usize, seed: u64) -> Res<CudaBuf<f16>> {
+    let mut buf = be.zeros::<f16>(len)?;
+    let mut x = seed | 1;
+    let block: Vec<f16> = (0..(8usize << 20).min(len))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            f16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0 + 1e-3)
+        })
+        .collect();
+    let mut off = 0;
+    while off < len {
+        let n = block.len().min(len - off);
+        be.write(&mut buf, off, &block[..n])?;
+        off += n;
+    }
+    Ok(buf)
+}
+
+struct Row {
+    op: String,
+    hkv: usize,
+    context: usize,
+    budget: usize,
+    us: f64,
+    bytes: f64,
+}
+
+fn main() -> Res<()> {
+    let out_path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "bench_kernels.json".into());
+    let be = CudaBackend::new(0)?;
+    let flush = be.stream().alloc_zeros::<u8>(512 << 20)?;
+    let mut timer = Timer { be: &be, flush };
+
+    // Copy bandwidth: 1 GiB device-to-device, bytes read + written.
+    let src = be.stream().alloc_zeros::<u8>(1 << 30)?;
+    let mut dst = be.stream().alloc_zeros::<u8>(1 << 30)?;
+    let copy_us = timer.time(|_| Ok(be.stream().memcpy_dtod(&src, &mut dst)?))?;
+    let copy_gbs = 2.0 * (1u64 << 30) as f64 / copy_us / 1e3;
+    drop((src, dst));
+    println!("device: {}", be.name());
+    println!(
+        "copy bandwidth: {copy_gbs:.0} GB/s (1 GiB d2d, read + write, median {copy_us:.1} us)"
+    );
+
+    let contexts = [4096usize, 8192, 16384, 32768, 65536, 131072];
+    let budgets = [256usize, 512, 1024, 2048, 4096];
+    let mut rows = Vec::new();
+    for hkv in [32usize, 8] {
+        let max_pages = contexts[contexts.len() - 1] / PS;
+        let layout = PagedLayout {
+            num_pages: COPIES * max_pages,
+            page_size: PS,
+            num_kv_heads: hkv,
+            head_dim: D,
+        };
+        let shape = AttentionShape {
+            num_qo_heads: HQ,
+            layout,
+            sm_scale: 1.0 / (D as f32).sqrt(),
+        };
+        let kv = random_f16(&be, layout.kv_len(), 1 + hkv as u64)?;
+        let bounds = random_f16(&be, layout.bounds_len(), 7 + hkv as u64)?;
+        let qs: Vec<CudaBuf<f32>> = (0..COPIES)
+            .map(|c| be.upload(&vec![0.01 * (c + 1) as f32; HQ * D]))
+            .collect::<Result<_, _>>()?;
+        let mut out = be.zeros::<f32>(HQ * D)?;
+        let (kv_tok_bytes, bound_page_bytes) = ((2 * hkv * D * 2) as f64, (2 * hkv * D * 2) as f64);
+        for &ctx in &contexts {
+            let n = ctx / PS;
+            let tables: Vec<DevicePageTable<CudaBackend>> = (0..COPIES)
+                .map(|c| {
+                    let mut t = PageTable::new();
+                    let pages: Vec<i32> = (0..n).map(|p| (c * max_pages + p) as i32).collect();
+                    t.push_row(&pages, PS as i32);
+                    DevicePageTable::upload(&be, &t, &layout)
+                })
+                .collect::<Result<_, _>>()?;
+            let q_bytes = (2 * HQ * D * 4) as f64; // q read + out written
+            let us = timer.time(|c| {
+                Ok(be.decode_attention(
+                    &qs[c],
+                    &kv,
+                    &shape,
+                    &tables[c],
+                    TableRows::PerSequence,
+                    &mut out,
+                )?)
+            })?;
+            rows.push(Row {
+                op: "decode_dense".into(),
+                hkv,
+                context: ctx,
+                budget: 0,
+                us,
+                bytes: ctx as f64 * kv_tok_bytes + q_bytes,
+            });
+            let mut scores: Vec<CudaBuf<f32>> = (0..COPIES)
+                .map(|_| be.zeros::<f32>(HQ * n))
+                .collect::<Result<_, _>>()?;
+            let us = timer.time(|c| {
+                Ok(be.estimate_pages(&qs[c], &bounds, &shape, &tables[c], &mut scores[c])?)
+            })?;
+            rows.push(Row {
+                op: "estimate".into(),
+                hkv,
+                context: ctx,
+                budget: 0,
+                us,
+                bytes: n as f64 * bound_page_bytes + (HQ * n * 4) as f64,
+            });
+            for &budget in &budgets {
+                if budget >= ctx {
+                    continue;
+                }
+                let bp = budget / PS;
+                let mut sels: Vec<DevicePageTable<CudaBackend>> = (0..COPIES)
+                    .map(|c| DevicePageTable::for_selection(&be, &tables[c].indptr_host, hkv, bp))
+                    .collect::<Result<_, _>>()?;
+                let us = timer.time(|c| {
+                    Ok(be.select_top_pages(
+                        &scores[c],
+                        &shape,
+                        &tables[c],
+                        bp,
+                        TableRows::PerKvHead,
+                        &mut sels[c],
+                    )?)
+                })?;
+                rows.push(Row {
+                    op: "topk".into(),
+                    hkv,
+                    context: ctx,
+                    budget,
+                    us,
+                    bytes: (HQ * n * 4) as f64,
+                });
+                let sparse_bytes = (budget * hkv * D * 2 * 2) as f64 + q_bytes;
+                let us = timer.time(|c| {
+                    Ok(be.decode_attention(
+                        &qs[c],
+                        &kv,
+                        &shape,
+                        &sels[c],
+                        TableRows::PerKvHead,
+                        &mut out,
+                    )?)
+                })?;
+                rows.push(Row {
+                    op: "decode_sparse".into(),
+                    hkv,
+                    context: ctx,
+                    budget,
+                    us,
+                    bytes: sparse_bytes,
+                });
+                let us = timer.time(|c| {
+                    be.estimate_pages(&qs[c], &bounds, &shape, &tables[c], &mut scores[c])?;
+                    be.select_top_pages(
+                        &scores[c],
+                        &shape,
+                        &tables[c],
+                        bp,
+                        TableRows::PerKvHead,
+                        &mut sels[c],
+                    )?;
+                    be.decode_attention(
+                        &qs[c],
+                        &kv,
+                        &shape,
+                        &sels[c],
+                        TableRows::PerKvHead,
+                        &mut out,
+                    )?;
+                    Ok(())
+                })?;
+                let step_bytes = n as f64 * bound_page_bytes + sparse_bytes;
+                rows.push(Row {
+                    op: "quest_step".into(),
+                    hkv,
+                    context: ctx,
+                    budget,
+                    us,
+                    bytes: step_bytes,
+                });
+            }
+        }
+    }
+
+    println!(
+        "\n{:<14} {:>4} {:>4} {:>7} {:>6} {:>10} {:>8} {:>7}",
+        "op", "hq", "hkv", "context", "budget", "time_us", "GB/s", "%copy"
+    );
+    let mut json = String::from("{\n");
+    let date = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json += &format!(
+        "  \"device\": \"{}\",\n  \"unix_time\": {date},\n  \"copy_gbs\": {copy_gbs:.1},\n  \"rows\": [\n",
+        be.name()
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let gbs = r.bytes / r.us / 1e3;
+        println!(
+            "{:<14} {:>4} {:>4} {:>7} {:>6} {:>10.1} {:>8.0} {:>6.1}%",
+            r.op,
+            HQ,
+            r.hkv,
+            r.context,
+            r.budget,
+            r.us,
+            gbs,
+            100.0 * gbs / copy_gbs
+        );
+        json += &format!(
+            "    {{\"op\": \"{}\", \"num_qo_heads\": {HQ}, \"num_kv_heads\": {}, \"context\": {}, \"budget\": {}, \"time_us\": {:.2}, \"bytes\": {:.0}, \"gbs\": {:.1}, \"pct_copy\": {:.1}}}{}\n",
+            r.op,
+            r.hkv,
+            r.context,
+            r.budget,
+            r.us,
+            r.bytes,
+            gbs,
+            100.0 * gbs / copy_gbs,
+            if i + 1 == rows.len() { "" } else { "," }
+        );
+    }
+    json += "  ]\n}\n";
+    std::fs::write(&out_path, json)?;
+    println!("\nwrote {out_path}");
+    Ok(())
+}

@@ -1,0 +1,661 @@
+//! The CUDA backend: the kernels of `ptx/*.cu`, embedded as PTX and loaded through `cudarc` with
+//! the driver found at run time, so this builds (and the CPU backend runs) on machines with no
+//! CUDA toolkit and no driver. One submodule per `.cu` file; this one holds the backend, its
+//! buffers and the memory ops.
+//!
+//! `cust` (the crate the project card named) panics in its build script without a CUDA install
+//! and links `libcuda` at link time; `cudarc` with dynamic loading does neither.
+
+mod attention;
+mod dense;
+mod paged;
+mod sampling;
+mod select;
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use cudarc::nvrtc::Ptx;
+use half::{bf16, f16};
+
+use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
+use crate::dtype::{DType, Elem, Half};
+use crate::error::{KernelError, Result, arg_err, shape_err};
+use crate::layout::{PagedLayout, TableRows};
+
+/// The PTX modules, one per op family (see `ptx/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Family {
+    Dense,
+    Paged,
+    Select,
+    Decode,
+    Prefill,
+    Sampling,
+}
+
+impl Family {
+    fn ptx(self) -> &'static str {
+        match self {
+            Family::Dense => include_str!("../../../../ptx/dense.ptx"),
+            Family::Paged => include_str!("../../../../ptx/paged.ptx"),
+            Family::Select => include_str!("../../../../ptx/select.ptx"),
+            Family::Decode => include_str!("../../../../ptx/decode_attention.ptx"),
+            Family::Prefill => include_str!("../../../../ptx/prefill_attention.ptx"),
+            Family::Sampling => include_str!("../../../../ptx/sampling.ptx"),
+        }
+    }
+}
+
+/// Small integer buffers keep a host copy (see [`CudaBuf`]) up to this many elements.
+const MIRROR_MAX: usize = 1 << 20;
+
+/// A typed buffer of device memory. Integer buffers written from the host (token ids, slots, page
+/// tables) also keep a host mirror, so ops can validate indices exactly like the CPU reference
+/// without a device round trip; a kernel that writes the buffer drops the mirror, and validation
+/// then downloads.
+pub struct CudaBuf<T: Elem> {
+    mem: Option<CudaSlice<u8>>,
+    ptr: u64,
+    len: usize,
+    mirror: Option<Vec<T>>,
+}
+
+impl<T: Elem> CudaBuf<T> {
+    /// Elements in the buffer.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device address, for kernel arguments (0 for an empty buffer, which no kernel reads).
+    pub(crate) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Marks the buffer as written on the device: the host mirror is stale.
+    pub(crate) fn touched(&mut self) -> u64 {
+        self.mirror = None;
+        self.ptr
+    }
+}
+
+/// Whether `T` is one of the plain-old-data element types (no padding, every bit pattern valid),
+/// which makes viewing `[T]` as bytes sound.
+fn is_pod<T: Elem>() -> bool {
+    let id = TypeId::of::<T>();
+    [
+        TypeId::of::<f32>(),
+        TypeId::of::<f16>(),
+        TypeId::of::<bf16>(),
+        TypeId::of::<i32>(),
+        TypeId::of::<u32>(),
+    ]
+    .contains(&id)
+        && std::mem::size_of::<T>() == T::DTYPE.size_in_bytes()
+}
+
+fn check_pod<T: Elem>(op: &'static str) -> Result<()> {
+    if is_pod::<T>() {
+        Ok(())
+    } else {
+        Err(arg_err(
+            op,
+            format!("element type {} cannot live in device memory", T::DTYPE),
+        ))
+    }
+}
+
+fn as_bytes<T: Elem>(data: &[T]) -> &[u8] {
+    debug_assert!(is_pod::<T>());
+    // SAFETY: callers checked `is_pod::<T>()`: T is f32/f16/bf16/i32/u32, which have no padding,
+    // so every byte of the slice is initialised; u8 has alignment 1 and the length is exact.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+fn as_bytes_mut<T: Elem>(data: &mut [T]) -> &mut [u8] {
+    debug_assert!(is_pod::<T>());
+    // SAFETY: as in `as_bytes`; additionally every bit pattern is a valid T, so writes of
+    // arbitrary bytes through the view leave valid values.
+    unsafe {
+        std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(data))
+    }
+}
+
+fn is_int<T: Elem>() -> bool {
+    matches!(T::DTYPE, DType::I32 | DType::U32)
+}
+
+/// The kernel-name suffix of a storage type.
+fn suffix<T: Half>(op: &'static str) -> Result<&'static str> {
+    match T::DTYPE {
+        DType::F16 => Ok("f16"),
+        DType::Bf16 => Ok("bf16"),
+        DType::F32 => Ok("f32"),
+        other => Err(arg_err(
+            op,
+            format!("no CUDA kernels for storage type {other}"),
+        )),
+    }
+}
+
+pub(crate) fn cuda_err(op: &'static str, e: impl std::fmt::Display) -> KernelError {
+    KernelError::Cuda {
+        op,
+        msg: e.to_string(),
+    }
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    name: String,
+    num_sms: u32,
+    modules: Mutex<HashMap<Family, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Split-K partial results, reused across calls (one stream orders all uses).
+    scratch: Mutex<Option<CudaSlice<u8>>>,
+}
+
+/// The CUDA backend: one device, one stream; every op is queued on that stream.
+#[derive(Clone)]
+pub struct CudaBackend {
+    inner: Arc<Inner>,
+}
+
+/// Serialises the panic-hook swap in [`guarded`].
+static HOOK_LOCK: Mutex<()> = Mutex::new(());
+
+/// Runs `f`, turning a panic (cudarc panics when the driver library or a symbol is missing) into
+/// `NoDevice`, with the default panic message silenced for the duration.
+fn guarded<R>(what: &str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R> {
+    let _lock = HOOK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    r.map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        KernelError::NoDevice(format!("{what}: {msg}"))
+    })
+}
+
+/// Checks that the driver library loads and that device `ordinal` exists.
+fn probe(ordinal: usize) -> Result<()> {
+    // SAFETY: only tries to dlopen the usual libcuda names; nothing is called through them.
+    let present = guarded("loading libcuda", || unsafe {
+        cudarc::driver::sys::is_culib_present()
+    })?;
+    if !present {
+        return Err(KernelError::NoDevice(
+            "the NVIDIA driver library (libcuda.so.1) was not found; install the driver or use the CPU backend".into(),
+        ));
+    }
+    let count = guarded("initialising the CUDA driver", CudaContext::device_count)?
+        .map_err(|e| KernelError::NoDevice(format!("CUDA driver initialisation failed: {e}")))?;
+    if count <= 0 {
+        return Err(KernelError::NoDevice(
+            "the driver reports no CUDA device".into(),
+        ));
+    }
+    if ordinal >= count as usize {
+        return Err(KernelError::NoDevice(format!(
+            "device {ordinal} requested but only {count} CUDA device(s) present"
+        )));
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`. Without a driver or a GPU this returns [`KernelError::NoDevice`]
+    /// (never panics). The PTX modules are JIT-compiled by the driver on first use.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        probe(ordinal)?;
+        let ctx =
+            guarded("creating a CUDA context", || CudaContext::new(ordinal))?.map_err(|e| {
+                KernelError::NoDevice(format!("cannot open CUDA device {ordinal}: {e}"))
+            })?;
+        // SAFETY: this backend uses a single stream, so cudarc's cross-stream event tracking is
+        // unnecessary; all ordering comes from that one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let dev = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let num_sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| cuda_err("new", e))?
+            .max(1) as u32;
+        Ok(CudaBackend {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                name: format!("cuda:{ordinal} ({dev})"),
+                num_sms,
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+                scratch: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Whether a driver and at least one CUDA device are present.
+    pub fn is_available() -> bool {
+        probe(0).is_ok()
+    }
+
+    /// Why [`CudaBackend::new`]`(0)` would fail, or `None` when a device is there.
+    pub fn unavailable_reason() -> Option<String> {
+        probe(0).err().map(|e| e.to_string())
+    }
+
+    /// The stream every op is queued on (for events and timing).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    pub(crate) fn num_sms(&self) -> u32 {
+        self.inner.num_sms
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// The kernel `name` of `family`, loading (JIT-compiling) the module on first use.
+    pub(crate) fn func(
+        &self,
+        op: &'static str,
+        family: Family,
+        name: &str,
+    ) -> Result<CudaFunction> {
+        let mut fns = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = fns.get(name) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut mods = self.inner.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match mods.get(&family) {
+                Some(m) => m.clone(),
+                None => {
+                    let m = self
+                        .inner
+                        .ctx
+                        .load_module(Ptx::from_src(family.ptx()))
+                        .map_err(|e| cuda_err(op, format!("loading {family:?} PTX: {e}")))?;
+                    mods.insert(family, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module
+            .load_function(name)
+            .map_err(|e| cuda_err(op, format!("kernel {name}: {e}")))?;
+        fns.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// A device scratch area of at least `bytes`, reused across calls.
+    pub(crate) fn scratch(&self, op: &'static str, bytes: usize) -> Result<u64> {
+        let mut s = self.inner.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if s.as_ref().is_none_or(|m| m.len() < bytes) {
+            *s = None; // free first: the old area is stream-ordered behind earlier kernels
+            let m = self
+                .stream()
+                .alloc_zeros::<u8>(bytes.max(256))
+                .map_err(|e| cuda_err(op, e))?;
+            *s = Some(m);
+        }
+        let m = s
+            .as_ref()
+            .ok_or_else(|| cuda_err(op, "scratch allocation vanished"))?;
+        let (p, _guard) = m.device_ptr(self.stream());
+        Ok(p)
+    }
+
+    fn wrap<T: Elem>(
+        &self,
+        mem: Option<CudaSlice<u8>>,
+        len: usize,
+        mirror: Option<Vec<T>>,
+    ) -> CudaBuf<T> {
+        let ptr = mem
+            .as_ref()
+            .map(|m| m.device_ptr(self.stream()).0)
+            .unwrap_or(0);
+        CudaBuf {
+            mem,
+            ptr,
+            len,
+            mirror,
+        }
+    }
+
+    /// The buffer's contents on the host: the mirror when there is one, else a download.
+    pub(crate) fn host_ints<T: Elem>(&self, buf: &CudaBuf<T>) -> Result<Vec<T>> {
+        match &buf.mirror {
+            Some(m) => Ok(m.clone()),
+            None => self.download(buf),
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf<T: Elem> = CudaBuf<T>;
+
+    fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+
+    fn zeros<T: Elem>(&self, len: usize) -> Result<CudaBuf<T>> {
+        check_pod::<T>("zeros")?;
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| shape_err("zeros", format!("{len} elements overflow")))?;
+        let mem = if bytes == 0 {
+            None
+        } else {
+            Some(
+                self.stream()
+                    .alloc_zeros::<u8>(bytes)
+                    .map_err(|e| cuda_err("zeros", e))?,
+            )
+        };
+        let mirror = (is_int::<T>() && len <= MIRROR_MAX).then(|| vec![T::default(); len]);
+        Ok(self.wrap(mem, len, mirror))
+    }
+
+    fn upload<T: Elem>(&self, data: &[T]) -> Result<CudaBuf<T>> {
+        check_pod::<T>("upload")?;
+        let mem = if data.is_empty() {
+            None
+        } else {
+            Some(
+                self.stream()
+                    .clone_htod(as_bytes(data))
+                    .map_err(|e| cuda_err("upload", e))?,
+            )
+        };
+        let mirror = (is_int::<T>() && data.len() <= MIRROR_MAX).then(|| data.to_vec());
+        Ok(self.wrap(mem, data.len(), mirror))
+    }
+
+    fn download<T: Elem>(&self, buf: &CudaBuf<T>) -> Result<Vec<T>> {
+        check_pod::<T>("download")?;
+        let mut out = vec![T::default(); buf.len];
+        if let Some(mem) = &buf.mem {
+            self.stream()
+                .memcpy_dtoh(mem, as_bytes_mut(&mut out))
+                .map_err(|e| cuda_err("download", e))?;
+            self.stream()
+                .synchronize()
+                .map_err(|e| cuda_err("download", e))?;
+        }
+        Ok(out)
+    }
+
+    fn write<T: Elem>(&self, buf: &mut CudaBuf<T>, offset: usize, data: &[T]) -> Result<()> {
+        check_pod::<T>("write")?;
+        let end = offset.checked_add(data.len()).filter(|&e| e <= buf.len);
+        let Some(end) = end else {
+            return Err(shape_err(
+                "write",
+                format!(
+                    "{} elements at offset {offset} overflow a buffer of {}",
+                    data.len(),
+                    buf.len
+                ),
+            ));
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        let sz = std::mem::size_of::<T>();
+        let mem = buf
+            .mem
+            .as_mut()
+            .ok_or_else(|| cuda_err("write", "buffer has no memory"))?;
+        let mut view = mem.slice_mut(offset * sz..end * sz);
+        self.stream()
+            .memcpy_htod(as_bytes(data), &mut view)
+            .map_err(|e| cuda_err("write", e))?;
+        if let Some(m) = &mut buf.mirror {
+            m[offset..end].copy_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn buf_len<T: Elem>(&self, buf: &CudaBuf<T>) -> usize {
+        buf.len
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream()
+            .synchronize()
+            .map_err(|e| cuda_err("synchronize", e))
+    }
+
+    fn embedding<W: Half>(
+        &self,
+        table: &CudaBuf<W>,
+        hidden: usize,
+        tokens: &CudaBuf<u32>,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        dense::embedding(self, table, hidden, tokens, out)
+    }
+
+    fn rms_norm<W: Half>(
+        &self,
+        x: &CudaBuf<f32>,
+        weight: &CudaBuf<W>,
+        eps: f32,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        dense::rms_norm(self, x, weight, eps, out)
+    }
+
+    fn matmul<W: Half>(
+        &self,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<W>,
+        n: usize,
+        k: usize,
+        m: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        dense::matmul(self, x, w, n, k, m, out)
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaBuf<f32>,
+        positions: &CudaBuf<i32>,
+        inv_freq: &CudaBuf<f32>,
+        head_dim: usize,
+    ) -> Result<()> {
+        dense::rope(self, x, positions, inv_freq, head_dim)
+    }
+
+    fn silu_mul(
+        &self,
+        gate: &CudaBuf<f32>,
+        up: &CudaBuf<f32>,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        dense::silu_mul(self, gate, up, out)
+    }
+
+    fn add_assign(&self, x: &mut CudaBuf<f32>, y: &CudaBuf<f32>) -> Result<()> {
+        dense::add_assign(self, x, y)
+    }
+
+    fn argmax(&self, logits: &CudaBuf<f32>, vocab: usize, out: &mut CudaBuf<u32>) -> Result<()> {
+        sampling::argmax(self, logits, vocab, out)
+    }
+
+    fn sample(
+        &self,
+        logits: &CudaBuf<f32>,
+        vocab: usize,
+        params: SamplingParams,
+        uniforms: &CudaBuf<f32>,
+        out: &mut CudaBuf<u32>,
+    ) -> Result<()> {
+        sampling::sample(self, logits, vocab, params, uniforms, out)
+    }
+
+    fn append_kv<T: Half>(
+        &self,
+        kv: &mut CudaBuf<T>,
+        layout: &PagedLayout,
+        k: &CudaBuf<f32>,
+        v: &CudaBuf<f32>,
+        slots: &CudaBuf<i32>,
+    ) -> Result<()> {
+        paged::append_kv(self, kv, layout, k, v, slots)
+    }
+
+    fn update_bounds<T: Half>(
+        &self,
+        kv: &CudaBuf<T>,
+        bounds: &mut CudaBuf<T>,
+        layout: &PagedLayout,
+        pages: &CudaBuf<i32>,
+        page_lens: &CudaBuf<i32>,
+    ) -> Result<()> {
+        paged::update_bounds(self, kv, bounds, layout, pages, page_lens)
+    }
+
+    fn estimate_pages<T: Half>(
+        &self,
+        q: &CudaBuf<f32>,
+        bounds: &CudaBuf<T>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        scores: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        select::estimate_pages(self, q, bounds, shape, table, scores)
+    }
+
+    fn select_top_pages(
+        &self,
+        scores: &CudaBuf<f32>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        budget_pages: usize,
+        rows: TableRows,
+        out: &mut DevicePageTable<Self>,
+    ) -> Result<()> {
+        select::select_top_pages(self, scores, shape, table, budget_pages, rows, out)
+    }
+
+    fn decode_attention<T: Half>(
+        &self,
+        q: &CudaBuf<f32>,
+        kv: &CudaBuf<T>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        rows: TableRows,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        attention::decode_attention(self, q, kv, shape, table, rows, out)
+    }
+
+    fn prefill_attention<T: Half>(
+        &self,
+        q: &CudaBuf<f32>,
+        kv: &CudaBuf<T>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        qo_indptr: &[i32],
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        attention::prefill_attention(self, q, kv, shape, table, qo_indptr, out)
+    }
+}
+
+/// Grid-stride launch size for `n` elements with 256 threads a block.
+pub(crate) fn elementwise_grid(n: usize) -> u32 {
+    n.div_ceil(256).clamp(1, 65535 * 4) as u32
+}
+
+/// Checks a device page table against `layout` like [`crate::PageTable::validate`]: the row
+/// structure always (it is on the host), page ids and last-page lengths when the buffers carry
+/// host mirrors. Tables produced on the device (selection outputs) were built from validated
+/// inputs; the kernels also skip out-of-range pages, so no table can make them read outside the
+/// KV buffer.
+pub(crate) fn check_table(
+    op: &'static str,
+    table: &DevicePageTable<CudaBackend>,
+    layout: &PagedLayout,
+) -> Result<()> {
+    use crate::error::expect_len;
+    let ip = &table.indptr_host;
+    if ip.is_empty() || ip[0] != 0 {
+        return Err(shape_err(op, "page table indptr must start with 0"));
+    }
+    if let Some(r) = ip.windows(2).position(|w| w[1] < w[0]) {
+        return Err(shape_err(
+            op,
+            format!("page table indptr decreases at row {r}"),
+        ));
+    }
+    let rows = ip.len() - 1;
+    expect_len(
+        op,
+        "page table indptr (device)",
+        table.indptr.len(),
+        ip.len(),
+    )?;
+    expect_len(
+        op,
+        "page table last_page_len",
+        table.last_page_len.len(),
+        rows,
+    )?;
+    expect_len(op, "page table indices", table.indices.len(), table.nnz())?;
+    // Same checks and messages as PageTable::validate, on the mirrors, without copying them.
+    if let Some(last) = &table.last_page_len.mirror {
+        for (r, w) in ip.windows(2).enumerate() {
+            let l = last[r];
+            if w[1] > w[0] && (l < 1 || l as usize > layout.page_size) {
+                return Err(crate::error::index_err(
+                    op,
+                    format!(
+                        "row {r}: last_page_len {l} outside 1..={}",
+                        layout.page_size
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(indices) = &table.indices.mirror {
+        if let Some(i) = indices
+            .iter()
+            .position(|&p| p < 0 || p as usize >= layout.num_pages)
+        {
+            return Err(crate::error::index_err(
+                op,
+                format!(
+                    "page id {} at position {i} outside 0..{}",
+                    indices[i], layout.num_pages
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

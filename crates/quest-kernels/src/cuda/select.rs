@@ -1,0 +1,200 @@
+//! Quest's criticality estimate and top-k page selection (`ptx/select.cu`), same checks and the
+//! same (exact) results as [`crate::cpu::select`].
+
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
+use crate::backend::{AttentionShape, DevicePageTable};
+use crate::cpu::select::check_heads;
+use crate::dtype::Half;
+use crate::error::{Result, arg_err, expect_len, shape_err};
+use crate::layout::TableRows;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EstimateParams {
+    batch: i32,
+    num_qo_heads: i32,
+    num_kv_heads: i32,
+    head_dim: i32,
+    nnz: i32,
+    num_pages: i32,
+}
+// SAFETY: plain #[repr(C)] i32 fields, the same layout as `EstimateParams` in ptx/select.cu.
+unsafe impl DeviceRepr for EstimateParams {}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SelectParams {
+    num_qo_heads: i32,
+    heads: i32,
+    group: i32,
+    nnz: i32,
+    budget: i32,
+}
+// SAFETY: plain #[repr(C)] i32 fields, the same layout as `SelectParams` in ptx/select.cu.
+unsafe impl DeviceRepr for SelectParams {}
+
+/// The vectorised kernels give each lane 8 channels of a head, a team of `head_dim / 8` lanes
+/// (a power of two up to a warp) per head.
+pub(super) fn check_head_dim(op: &'static str, head_dim: usize) -> Result<()> {
+    let team = head_dim / 8;
+    if head_dim % 8 != 0 || !team.is_power_of_two() || team > 32 {
+        return Err(arg_err(
+            op,
+            format!("the CUDA kernels support head_dim 8, 16, 32, 64, 128 or 256, not {head_dim}"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| arg_err(op, format!("{what} = {v} exceeds i32")))
+}
+
+pub(super) fn estimate_pages<T: Half>(
+    be: &CudaBackend,
+    q: &CudaBuf<f32>,
+    bounds: &CudaBuf<T>,
+    shape: &AttentionShape,
+    table: &DevicePageTable<CudaBackend>,
+    scores: &mut CudaBuf<f32>,
+) -> Result<()> {
+    const OP: &str = "estimate_pages";
+    let layout = &shape.layout;
+    check_heads(OP, shape)?;
+    check_table(OP, table, layout)?;
+    expect_len(OP, "bounds", bounds.len(), layout.bounds_len())?;
+    let (hq, d) = (shape.num_qo_heads, layout.head_dim);
+    let batch = table.rows();
+    expect_len(OP, "q", q.len(), batch * hq * d)?;
+    let nnz = table.nnz();
+    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    check_head_dim(OP, d)?;
+    if nnz == 0 {
+        return Ok(());
+    }
+    let p = EstimateParams {
+        batch: i32_of(OP, "batch", batch)?,
+        num_qo_heads: i32_of(OP, "num_qo_heads", hq)?,
+        num_kv_heads: i32_of(OP, "num_kv_heads", layout.num_kv_heads)?,
+        head_dim: d as i32,
+        nnz: i32_of(OP, "nnz", nnz)?,
+        num_pages: i32_of(OP, "num_pages", layout.num_pages)?,
+    };
+    let f = be.func(
+        OP,
+        Family::Select,
+        &format!("estimate_pages_{}", suffix::<T>(OP)?),
+    )?;
+    let threads = nnz * layout.num_kv_heads * (d / 8);
+    let cfg = LaunchConfig {
+        grid_dim: (threads.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (qp, bp, ip, xp, sp) = (
+        q.ptr(),
+        bounds.ptr(),
+        table.indptr.ptr(),
+        table.indices.ptr(),
+        scores.touched(),
+    );
+    let mut b = be.stream().launch_builder(&f);
+    b.arg(&qp).arg(&bp).arg(&ip).arg(&xp).arg(&sp).arg(&p);
+    // SAFETY: matches `estimate_pages_*(const float*, const T*, const int*, const int*, float*,
+    // EstimateParams)`; lengths checked above; page ids are range-checked in the kernel.
+    unsafe { b.launch(cfg) }.map_err(|e| cuda_err(OP, e))?;
+    Ok(())
+}
+
+pub(super) fn select_top_pages(
+    be: &CudaBackend,
+    scores: &CudaBuf<f32>,
+    shape: &AttentionShape,
+    table: &DevicePageTable<CudaBackend>,
+    budget_pages: usize,
+    rows: TableRows,
+    out: &mut DevicePageTable<CudaBackend>,
+) -> Result<()> {
+    const OP: &str = "select_top_pages";
+    check_heads(OP, shape)?;
+    check_table(OP, table, &shape.layout)?;
+    if budget_pages == 0 {
+        return Err(arg_err(
+            OP,
+            "budget of 0 pages: the last page is always kept",
+        ));
+    }
+    let hq = shape.num_qo_heads;
+    let nnz = table.nnz();
+    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    let (heads, group) = match rows {
+        TableRows::PerQoHead => (hq, 1),
+        TableRows::PerKvHead => (shape.layout.num_kv_heads, shape.group_size()),
+        TableRows::PerSequence => {
+            return Err(arg_err(
+                OP,
+                "selection rows must be per query or per KV head",
+            ));
+        }
+    };
+    let batch = table.rows();
+    expect_len(OP, "output rows", out.rows(), batch * heads)?;
+    let want =
+        DevicePageTable::<CudaBackend>::selection_indptr(&table.indptr_host, heads, budget_pages);
+    if out.indptr_host != want {
+        return Err(shape_err(
+            OP,
+            "output table rows do not match the budget (build it with for_selection)",
+        ));
+    }
+    expect_len(OP, "output indices", out.indices.len(), out.nnz())?;
+    expect_len(
+        OP,
+        "output last_page_len",
+        out.last_page_len.len(),
+        batch * heads,
+    )?;
+    if batch * heads == 0 {
+        return Ok(());
+    }
+    let p = SelectParams {
+        num_qo_heads: i32_of(OP, "num_qo_heads", hq)?,
+        heads: heads as i32,
+        group: group as i32,
+        nnz: i32_of(OP, "nnz", nnz)?,
+        budget: i32_of(OP, "budget_pages", budget_pages)?,
+    };
+    let f = be.func(OP, Family::Select, "select_top_pages")?;
+    let (sp, ip, xp, lp) = (
+        scores.ptr(),
+        table.indptr.ptr(),
+        table.indices.ptr(),
+        table.last_page_len.ptr(),
+    );
+    let (oip, oxp, olp) = (
+        out.indptr.ptr(),
+        out.indices.touched(),
+        out.last_page_len.touched(),
+    );
+    let mut b = be.stream().launch_builder(&f);
+    b.arg(&sp)
+        .arg(&ip)
+        .arg(&xp)
+        .arg(&lp)
+        .arg(&oip)
+        .arg(&oxp)
+        .arg(&olp)
+        .arg(&p);
+    let cfg = LaunchConfig {
+        grid_dim: ((batch * heads) as u32, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: matches `select_top_pages(const float*, const int* x4, int*, int*, SelectParams)`;
+    // the output rows were checked to be `selection_indptr` of the input, so every row's writes
+    // stay inside its `min(n, budget)` slots.
+    unsafe { b.launch(cfg) }.map_err(|e| cuda_err(OP, e))?;
+    Ok(())
+}
