@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use quest_kernels::{Backend, CpuBackend, Half, SamplingParams, TableRows, f16};
+use quest_kernels::{Backend, CpuBackend, CudaBackend, Half, SamplingParams, TableRows, f16};
 use quest_kvcache::KvCache;
 use quest_model::{
     Dense, GenerateObserver, GenerateParams, KvPolicy, Llama, Quest, QuestConfig, TextStream,
@@ -108,15 +108,28 @@ pub fn run(args: GenerateArgs, quiet: bool) -> Result<()> {
         bail!("--page-size and --budget must be positive");
     }
     match args.device {
+        Device::Cpu => run_on::<CpuBackend, f16>(&CpuBackend, &args, quiet),
         Device::Cuda => {
-            bail!("--device cuda: this build has no CUDA backend yet; use --device cpu")
-        }
-        Device::Auto | Device::Cpu => {
+            let gpu = CudaBackend::new(0).context("--device cuda")?;
             if !quiet {
-                eprintln!("device: {}", CpuBackend.name());
+                eprintln!("device: {}", gpu.name());
             }
-            run_on::<CpuBackend, f16>(&CpuBackend, &args, quiet)
+            run_on::<CudaBackend, f16>(&gpu, &args, quiet)
         }
+        Device::Auto => match CudaBackend::new(0) {
+            Ok(gpu) => {
+                if !quiet {
+                    eprintln!("device: {} (auto: a CUDA GPU is present)", gpu.name());
+                }
+                run_on::<CudaBackend, f16>(&gpu, &args, quiet)
+            }
+            Err(e) => {
+                if !quiet {
+                    eprintln!("device: {} (auto: {e})", CpuBackend.name());
+                }
+                run_on::<CpuBackend, f16>(&CpuBackend, &args, quiet)
+            }
+        },
     }
 }
 

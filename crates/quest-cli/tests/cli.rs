@@ -187,3 +187,22 @@ fn a_file_that_is_not_gguf_is_refused_by_convert() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn device_cuda_without_a_gpu_is_one_clear_error() {
+    let o = quest(&[
+        "generate",
+        "--model",
+        "/nonexistent/model",
+        "--prompt",
+        "hi",
+        "--device",
+        "cuda",
+    ]);
+    if quest_kernels::CudaBackend::is_available() {
+        // With a GPU the device opens and the missing model is the error.
+        assert_clean_failure(&o, 1, "does not exist");
+    } else {
+        assert_clean_failure(&o, 1, "CUDA is not available");
+    }
+}

@@ -6,15 +6,18 @@
 //! Needs the imported model: `quest fetch smollm2 models/smollm2` (scripts/test.sh does it), or
 //! `QUEST_SMOLLM2_DIR` pointing at a checkpoint directory. Without it the test fails and says so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use quest_kernels::{Backend, CpuBackend, f16};
+use quest_kernels::{Backend, CpuBackend, CudaBackend, f16};
 use quest_kvcache::KvCache;
 use quest_model::{Dense, Llama, Tokenizer};
 use serde_json::Value;
 
+/// The repository root (`QUEST_REPO_DIR` when the test binary runs away from its source tree).
 fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("QUEST_REPO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 fn model_dir() -> PathBuf {
@@ -39,8 +42,21 @@ fn ids(v: &Value) -> Vec<u32> {
 const MIN_TOP1_AGREEMENT: f64 = 0.99;
 const MAX_ABS_LOGIT_DIFF: f32 = 0.1;
 
-#[test]
-fn dense_logits_match_transformers() {
+/// What one backend produced on the fixture.
+struct Outcome {
+    agree: usize,
+    positions: usize,
+    worst: f32,
+    greedy: Vec<u32>,
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    (0..l.len())
+        .max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a)))
+        .unwrap_or(0) as u32
+}
+
+fn load_fixture() -> (PathBuf, Value, Vec<u32>) {
     let dir = model_dir();
     assert!(
         dir.join("model.safetensors").is_file(),
@@ -54,6 +70,78 @@ fn dense_logits_match_transformers() {
     )
     .unwrap();
     let input = ids(&fixture["input_ids"]);
+    (dir, fixture, input)
+}
+
+/// Runs every fixture position through the decode path one token at a time, then continues
+/// greedily for as many tokens as the reference did.
+fn run_fixture<B: Backend>(backend: &B, dir: &Path, fixture: &Value, input: &[u32]) -> Outcome {
+    let model = Llama::<B, f16>::load(backend, dir).unwrap();
+    let vocab = model.config().vocab_size;
+    let mut cache = KvCache::new(backend, model.cache_config(64, 16)).unwrap();
+    let seq = cache.add_sequence();
+    let (mut agree, mut worst) = (0usize, 0f32);
+    let top5 = fixture["top5_ids"].as_array().unwrap();
+    let top5_logits = fixture["top5_logits"].as_array().unwrap();
+    let mut last = Vec::new();
+    for (pos, &tok) in input.iter().enumerate() {
+        let f = model
+            .forward(&mut cache, &[(seq, &[tok])], &mut Dense)
+            .unwrap();
+        let logits = backend.download(&f.logits).unwrap();
+        assert_eq!(logits.len(), vocab);
+        let ref_ids = ids(&top5[pos]);
+        if argmax(&logits) == ref_ids[0] {
+            agree += 1;
+        }
+        for (id, l) in ref_ids.iter().zip(top5_logits[pos].as_array().unwrap()) {
+            let diff = (logits[*id as usize] - l.as_f64().unwrap() as f32).abs();
+            worst = worst.max(diff);
+        }
+        last = logits;
+    }
+    let n = fixture["greedy_continuation"].as_array().unwrap().len();
+    let mut greedy = vec![argmax(&last)];
+    while greedy.len() < n {
+        let t = *greedy.last().unwrap();
+        let f = model
+            .forward(&mut cache, &[(seq, &[t])], &mut Dense)
+            .unwrap();
+        greedy.push(argmax(&backend.download(&f.logits).unwrap()));
+    }
+    Outcome {
+        agree,
+        positions: input.len(),
+        worst,
+        greedy,
+    }
+}
+
+fn check_outcome(name: &str, o: &Outcome, fixture: &Value) {
+    let rate = o.agree as f64 / o.positions as f64;
+    eprintln!(
+        "{name}: top-1 agreement {}/{} ({:.2}%), max |logit diff| {:.4}",
+        o.agree,
+        o.positions,
+        100.0 * rate,
+        o.worst
+    );
+    assert!(rate >= MIN_TOP1_AGREEMENT, "{name}: top-1 agreement {rate}");
+    assert!(
+        o.worst <= MAX_ABS_LOGIT_DIFF,
+        "{name}: max logit difference {}",
+        o.worst
+    );
+    let reference = ids(&fixture["greedy_continuation"]);
+    assert_eq!(
+        o.greedy, reference,
+        "{name}: greedy continuation differs from transformers'"
+    );
+}
+
+#[test]
+fn dense_logits_match_transformers_on_the_cpu() {
+    let (dir, fixture, input) = load_fixture();
     let text =
         std::fs::read_to_string(workspace().join("tests/fixtures/reference_text.txt")).unwrap();
     let tokenizer = Tokenizer::from_dir(&dir).unwrap();
@@ -62,78 +150,20 @@ fn dense_logits_match_transformers() {
         input,
         "our tokenizer disagrees"
     );
+    let cpu = run_fixture(&CpuBackend, &dir, &fixture, &input);
+    check_outcome("cpu", &cpu, &fixture);
+}
 
-    let model = Llama::<CpuBackend, f16>::load(&CpuBackend, &dir).unwrap();
-    let vocab = model.config().vocab_size;
-    let mut cache = KvCache::new(&CpuBackend, model.cache_config(64, 16)).unwrap();
-    let seq = cache.add_sequence();
-    // Every position through the decode path, one token at a time.
-    let (mut agree, mut worst) = (0usize, 0f32);
-    let top5 = fixture["top5_ids"].as_array().unwrap();
-    let top5_logits = fixture["top5_logits"].as_array().unwrap();
-    for (pos, &tok) in input.iter().enumerate() {
-        let f = model
-            .forward(&mut cache, &[(seq, &[tok])], &mut Dense)
-            .unwrap();
-        let logits = CpuBackend.download(&f.logits).unwrap();
-        assert_eq!(logits.len(), vocab);
-        let ours = (0..vocab)
-            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
-            .unwrap() as u32;
-        let ref_ids = ids(&top5[pos]);
-        if ours == ref_ids[0] {
-            agree += 1;
+#[test]
+fn dense_logits_match_transformers_on_the_gpu() {
+    let gpu = match CudaBackend::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            return;
         }
-        for (id, l) in ref_ids.iter().zip(top5_logits[pos].as_array().unwrap()) {
-            let diff = (logits[*id as usize] - l.as_f64().unwrap() as f32).abs();
-            worst = worst.max(diff);
-        }
-    }
-    let rate = agree as f64 / input.len() as f64;
-    eprintln!(
-        "top-1 agreement {agree}/{} ({:.2}%), max |logit diff| {worst:.4}",
-        input.len(),
-        100.0 * rate
-    );
-    assert!(rate >= MIN_TOP1_AGREEMENT, "top-1 agreement {rate}");
-    assert!(worst <= MAX_ABS_LOGIT_DIFF, "max logit difference {worst}");
-
-    // Greedy continuation, against the reference's.
-    let reference = ids(&fixture["greedy_continuation"]);
-    let mut next = {
-        // The last position's argmax is the first continuation token.
-        let f = {
-            let mut c2 = KvCache::new(&CpuBackend, model.cache_config(64, 16)).unwrap();
-            let s2 = c2.add_sequence();
-            model.forward(&mut c2, &[(s2, &input)], &mut Dense).unwrap()
-        };
-        let l = CpuBackend.download(&f.logits).unwrap();
-        (0..vocab)
-            .max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a)))
-            .unwrap() as u32
     };
-    let mut ours = Vec::new();
-    for _ in 0..reference.len() {
-        ours.push(next);
-        let f = model
-            .forward(&mut cache, &[(seq, &[next])], &mut Dense)
-            .unwrap();
-        let l = CpuBackend.download(&f.logits).unwrap();
-        next = (0..vocab)
-            .max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a)))
-            .unwrap() as u32;
-    }
-    let same = ours
-        .iter()
-        .zip(&reference)
-        .take_while(|(a, b)| a == b)
-        .count();
-    eprintln!(
-        "greedy continuation: first {same} of {} tokens identical",
-        reference.len()
-    );
-    assert_eq!(
-        ours, reference,
-        "greedy continuation differs from transformers'"
-    );
+    let (dir, fixture, input) = load_fixture();
+    let out = run_fixture(&gpu, &dir, &fixture, &input);
+    check_outcome(&gpu.name(), &out, &fixture);
 }
