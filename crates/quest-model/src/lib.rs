@@ -1,6 +1,7 @@
 //! Llama on the quest backends: checkpoint import (GGUF) and loading (safetensors), tokenizer,
 //! the model with its prefill and decode step, KV selection policies and sampling.
 
+pub mod baselines;
 pub mod checkpoint;
 pub mod config;
 pub mod convert;
@@ -11,6 +12,7 @@ pub mod llama;
 pub mod policy;
 pub mod tokenizer;
 
+pub use baselines::{H2o, StreamingLlm, Tova};
 pub use config::LlamaConfig;
 pub use convert::{ConvertSummary, convert_gguf};
 pub use error::{ModelError, Result};

@@ -3,7 +3,9 @@
 
 use quest_kernels::{Backend, CpuBackend, TableRows, f16};
 use quest_kvcache::KvCache;
-use quest_model::{Dense, KvPolicy, Llama, LlamaConfig, Quest, QuestConfig, Weights};
+use quest_model::{
+    Dense, H2o, KvPolicy, Llama, LlamaConfig, Quest, QuestConfig, StreamingLlm, Tova, Weights,
+};
 
 /// A small deterministic generator of weights in [-scale, scale).
 struct Rng(u64);
@@ -233,4 +235,104 @@ fn bad_tokens_and_overlong_input_change_nothing() {
         .forward(&mut c, &[(s, &long[..32])], &mut Dense)
         .unwrap();
     assert_eq!(CpuBackend.buf_len(&f.logits), cfg.vocab_size);
+}
+
+fn baselines(budget: usize, skip: usize) -> Vec<Box<dyn KvPolicy<CpuBackend, f16>>> {
+    vec![
+        Box::new(StreamingLlm::<CpuBackend>::new(budget, skip)),
+        Box::new(H2o::<CpuBackend>::new(budget, skip)),
+        Box::new(Tova::<CpuBackend>::new(budget, skip)),
+    ]
+}
+
+#[test]
+fn baselines_with_a_covering_budget_are_dense() {
+    let cfg = tiny_config(6, 2);
+    let model = tiny_model(&cfg, 11);
+    let toks = tokens(90, 12, cfg.vocab_size);
+    let dense = run(&model, &mut Dense, &toks, 60, 1);
+    for mut p in baselines(128, 0) {
+        let got = run(&model, p.as_mut(), &toks, 60, 1);
+        for (g, d) in got.iter().zip(&dense) {
+            assert!(rel_err(g, d) < 1e-5, "{}: {}", p.name(), rel_err(g, d));
+        }
+    }
+}
+
+#[test]
+fn baselines_with_a_small_budget_differ_from_dense_and_stay_finite() {
+    let cfg = tiny_config(6, 2);
+    let model = tiny_model(&cfg, 13);
+    let toks = tokens(100, 14, cfg.vocab_size);
+    let dense = run(&model, &mut Dense, &toks, 60, 1);
+    for mut p in baselines(12, 1) {
+        let got = run(&model, p.as_mut(), &toks, 60, 1);
+        assert!(got.iter().flatten().all(|x| x.is_finite()), "{}", p.name());
+        let last = got.len() - 1;
+        assert!(
+            rel_err(&got[last], &dense[last]) > 1e-6,
+            "{}: 12 of 100 tokens cannot equal dense",
+            p.name()
+        );
+    }
+}
+
+#[test]
+fn token_policies_refuse_multi_token_pages() {
+    let cfg = tiny_config(4, 2);
+    let model = tiny_model(&cfg, 15);
+    let toks = tokens(40, 16, cfg.vocab_size);
+    for mut p in baselines(8, 0) {
+        let mut c = cache(&model, 8);
+        let s = c.add_sequence();
+        model.forward(&mut c, &[(s, &toks)], p.as_mut()).unwrap();
+        let Err(e) = model.forward(&mut c, &[(s, &[1])], p.as_mut()) else {
+            panic!("{} accepted 8-token pages", p.name());
+        };
+        assert!(e.to_string().contains("page_size 1"), "{e}");
+        assert_eq!(c.seq_len(s).unwrap(), 40, "the failed step rolled back");
+    }
+}
+
+#[test]
+fn streaming_llm_is_sinks_plus_recent_window() {
+    // The policy's choice itself, on a 31-token cache with a budget of 10: tokens 0-3 and 25-30.
+    use quest_kernels::{AttentionShape, Backend};
+    use quest_model::policy::SelectInput;
+    let cfg = tiny_config(4, 2);
+    let model = tiny_model(&cfg, 17);
+    let mut c = cache(&model, 1);
+    let s = c.add_sequence();
+    let toks = tokens(30, 18, cfg.vocab_size);
+    model.forward(&mut c, &[(s, &toks)], &mut Dense).unwrap();
+    c.reserve(s, 1).unwrap();
+    let plan = c.plan(&[(s, 1)]).unwrap();
+    let shape = AttentionShape {
+        num_qo_heads: 4,
+        layout: *c.layout(),
+        sm_scale: 0.25,
+    };
+    let q = CpuBackend.zeros::<f32>(4 * 16).unwrap();
+    let mut p = StreamingLlm::<CpuBackend>::new(10, 0);
+    let sel = KvPolicy::<CpuBackend, f16>::select(
+        &mut p,
+        SelectInput {
+            layer: 0,
+            q: &q,
+            cache: &c,
+            plan: &plan,
+            shape: &shape,
+        },
+    )
+    .unwrap();
+    let quest_model::Selection::Pages(table, rows) = sel else {
+        panic!("31 tokens over a budget of 10 must be sparse");
+    };
+    assert_eq!(rows, TableRows::PerSequence);
+    let pages = c.seq_pages(s).unwrap();
+    let want: Vec<i32> = [0, 1, 2, 3, 25, 26, 27, 28, 29, 30]
+        .iter()
+        .map(|&i| pages[i] as i32)
+        .collect();
+    assert_eq!(table.to_host(&CpuBackend).unwrap().indices, want);
 }
