@@ -175,6 +175,7 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
         seed: args.seed,
         stop_tokens: model.config().eos_tokens(),
         prefill_chunk: 512,
+        decode_prompt_tail: 0,
     };
     // Only a long prompt gets a bar; short ones are done before it would draw.
     let show = !quiet && prompt.len() > params.prefill_chunk;

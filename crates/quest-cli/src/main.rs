@@ -1,5 +1,6 @@
 //! `quest`: generate text with Quest sparse attention, import models, evaluate and benchmark.
 
+mod eval;
 mod fetch;
 mod generate;
 mod progress;
@@ -32,6 +33,9 @@ enum KnownModel {
 enum Command {
     /// Generate a continuation of a prompt.
     Generate(generate::GenerateArgs),
+    /// Accuracy evaluations.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Import a llama GGUF file into a Hugging Face checkpoint directory.
     Convert {
         /// The GGUF file.
@@ -79,6 +83,7 @@ fn convert(gguf: &std::path::Path, dir: &std::path::Path, quiet: bool) -> Result
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args, cli.quiet),
+        Command::Eval(cmd) => eval::run(cmd, cli.quiet),
         Command::Convert { gguf, dir } => convert(&gguf, &dir, cli.quiet),
         Command::Fetch {
             model: KnownModel::Smollm2,

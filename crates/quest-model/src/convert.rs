@@ -145,21 +145,32 @@ pub fn convert_gguf(
     let cfg = config_from_gguf(&g)?;
     let tokenizer = tokenizer_from_gguf(&g)?;
 
-    let mut converted: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(g.tensors.len());
+    // (checkpoint name, shape, f16 bytes, GGUF name)
+    let mut converted: Vec<(String, Vec<usize>, Vec<u8>, String)> =
+        Vec::with_capacity(g.tensors.len());
     let mut parameters = 0;
     for (i, info) in g.tensors.iter().enumerate() {
         let (name, heads) = hf_name(&info.name, &cfg).ok_or_else(|| {
             ModelError::Format(format!("unexpected tensor {} in a llama GGUF", info.name))
         })?;
+        // Two GGUF names can map to one checkpoint name ("blk.0" and "blk.00"); the safetensors
+        // writer panics on duplicates, and keeping either one silently would be wrong.
+        if let Some((_, _, _, first)) = converted.iter().find(|(n, ..)| *n == name) {
+            return Err(ModelError::Format(format!(
+                "tensors {first} and {} both map to {name}",
+                info.name
+            )));
+        }
         parameters += info.elements();
-        converted.push((name, info.shape(), convert_tensor(&g, info, heads)?));
+        let data = convert_tensor(&g, info, heads)?;
+        converted.push((name, info.shape(), data, info.name.clone()));
         progress(i + 1, g.tensors.len());
     }
 
     std::fs::create_dir_all(out_dir).map_err(|e| ModelError::io(out_dir, e))?;
     let views = converted
         .iter()
-        .map(|(name, shape, data)| {
+        .map(|(name, shape, data, _)| {
             TensorView::new(Dtype::F16, shape.clone(), data)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))

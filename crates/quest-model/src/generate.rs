@@ -20,6 +20,9 @@ pub struct GenerateParams {
     pub stop_tokens: Vec<u32>,
     /// Prompt tokens per prefill pass; bounds the activations' memory.
     pub prefill_chunk: usize,
+    /// The last this-many prompt tokens go through the decode path one at a time (so the policy
+    /// decides what they attend to), as the passkey evaluation needs; 0 prefills the whole prompt.
+    pub decode_prompt_tail: usize,
 }
 
 impl Default for GenerateParams {
@@ -33,6 +36,7 @@ impl Default for GenerateParams {
             seed: 0,
             stop_tokens: Vec::new(),
             prefill_chunk: 512,
+            decode_prompt_tail: 0,
         }
     }
 }
@@ -141,39 +145,47 @@ pub fn generate<B: Backend, W: Half>(
     let mut alive: Vec<usize> = (0..prompts.len()).collect();
     let mut last_logits: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
 
-    // Prefill, chunk by chunk; all sequences advance together while they have prompt left.
+    // Prefill, chunk by chunk; all sequences advance together while they have prompt left. Then
+    // the prompt tail, if any, one token per sequence per step: decode steps.
     let t0 = Instant::now();
     let mut done = vec![0usize; prompts.len()];
-    loop {
-        let batch: Vec<(usize, &[u32])> = alive
-            .iter()
-            .filter(|&&i| done[i] < prompts[i].len())
-            .map(|&i| {
-                let end = (done[i] + params.prefill_chunk).min(prompts[i].len());
-                (i, &prompts[i][done[i]..end])
-            })
-            .collect();
-        if batch.is_empty() {
-            break;
-        }
-        let items: Vec<(SeqId, &[u32])> = batch.iter().map(|&(i, t)| (seqs[i], t)).collect();
-        match model.forward(cache, &items, policy) {
-            Ok(f) => {
-                let logits = backend.download(&f.logits)?;
-                for (row, &(i, t)) in batch.iter().enumerate() {
-                    done[i] += t.len();
-                    observer.prefill_progress(done.iter().sum(), stats.prompt_tokens);
-                    last_logits[i] = logits[row * vocab..(row + 1) * vocab].to_vec();
-                }
+    let tail_start: Vec<usize> = prompts
+        .iter()
+        .map(|p| p.len() - params.decode_prompt_tail.min(p.len() - 1))
+        .collect();
+    let all_of: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    for (ends, chunk) in [(&tail_start, params.prefill_chunk), (&all_of, 1)] {
+        loop {
+            let batch: Vec<(usize, &[u32])> = alive
+                .iter()
+                .filter(|&&i| done[i] < ends[i])
+                .map(|&i| {
+                    let end = (done[i] + chunk).min(ends[i]);
+                    (i, &prompts[i][done[i]..end])
+                })
+                .collect();
+            if batch.is_empty() {
+                break;
             }
-            Err(ModelError::CacheFull { seq, source }) => {
-                let i = seqs.iter().position(|&s| s == seq);
-                if let Some(i) = i {
-                    out[i].error = Some(source.to_string());
+            let items: Vec<(SeqId, &[u32])> = batch.iter().map(|&(i, t)| (seqs[i], t)).collect();
+            match model.forward(cache, &items, policy) {
+                Ok(f) => {
+                    let logits = backend.download(&f.logits)?;
+                    for (row, &(i, t)) in batch.iter().enumerate() {
+                        done[i] += t.len();
+                        observer.prefill_progress(done.iter().sum(), stats.prompt_tokens);
+                        last_logits[i] = logits[row * vocab..(row + 1) * vocab].to_vec();
+                    }
                 }
-                alive.retain(|&a| Some(a) != i);
+                Err(ModelError::CacheFull { seq, source }) => {
+                    let i = seqs.iter().position(|&s| s == seq);
+                    if let Some(i) = i {
+                        out[i].error = Some(source.to_string());
+                    }
+                    alive.retain(|&a| Some(a) != i);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
     stats.prefill_time = t0.elapsed();

@@ -421,7 +421,23 @@ impl<'a> Gguf<'a> {
 
     /// The tensor's values as f32, in row-major order of [`TensorInfo::shape`].
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
-        let bytes = &self.data[info.start..info.start + info.byte_len];
+        // `TensorInfo`'s fields are public: check one built by hand before trusting it.
+        let (block, block_bytes) = info.ggml_type.block();
+        let elements = info.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let bytes = info
+            .start
+            .checked_add(info.byte_len)
+            .and_then(|end| self.data.get(info.start..end))
+            .filter(|b| {
+                elements
+                    .is_some_and(|e| e % block == 0 && e / block * block_bytes == b.len() as u64)
+            })
+            .ok_or_else(|| {
+                ModelError::Format(format!(
+                    "tensor {}: its extent or size does not match this file",
+                    info.name
+                ))
+            })?;
         let mut out = vec![0f32; info.elements()];
         dequantize_into(info.ggml_type, bytes, &mut out);
         Ok(out)

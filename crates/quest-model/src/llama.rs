@@ -6,6 +6,8 @@
 //! [`KvCache`], whose per-page key bounds are what Quest scores.
 
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use quest_kernels::{AttentionShape, Backend, Half, TableRows};
 use quest_kvcache::{CacheConfig, CacheError, KvCache, SeqId, StepPlan};
@@ -105,10 +107,19 @@ pub struct Llama<B: Backend, W: Half> {
     backend: B,
     weights: Weights<B, W>,
     inv_freq: B::Buf<f32>,
+    /// The activation buffers of the last forward pass, reused by the next one of the same width
+    /// (every decode step of a batch), so a decode step allocates only its logits.
+    workspace: Mutex<Option<Scratch<B>>>,
+    /// Whether `workspace` is kept between passes (see [`Llama::set_workspace_reuse`]).
+    reuse_workspace: AtomicBool,
 }
 
-/// Activations of one forward pass, `n` tokens wide.
+/// Activations of one forward pass, `n` tokens wide, for `rows` sequences.
 struct Scratch<B: Backend> {
+    n: usize,
+    rows: usize,
+    tokens: B::Buf<u32>,
+    x_last: B::Buf<f32>,
     x: B::Buf<f32>,
     h: B::Buf<f32>,
     q: B::Buf<f32>,
@@ -144,6 +155,50 @@ impl<B: Backend, W: Half> Llama<B, W> {
             backend: backend.clone(),
             weights,
             inv_freq,
+            workspace: Mutex::new(None),
+            reuse_workspace: AtomicBool::new(true),
+        })
+    }
+
+    /// Keep the activation buffers between forward passes (the default), or allocate them afresh
+    /// in every pass (for measuring what the reuse saves).
+    pub fn set_workspace_reuse(&self, on: bool) {
+        self.reuse_workspace.store(on, Ordering::Relaxed);
+        if !on {
+            *self.workspace.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
+    /// Activation buffers for `n` tokens of `rows` sequences: the cached ones when they have that
+    /// shape, else fresh ones (the cache is refilled when the pass ends).
+    fn take_scratch(&self, n: usize, rows: usize) -> Result<Scratch<B>> {
+        let cached = self
+            .workspace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(s) = cached.filter(|s| s.n == n && s.rows == rows) {
+            return Ok(s);
+        }
+        let b = &self.backend;
+        let c = &self.config;
+        let (hidden, hd) = (c.hidden_size, c.head_dim());
+        let (q_dim, kv_dim) = (c.num_attention_heads * hd, c.num_kv_heads() * hd);
+        Ok(Scratch {
+            n,
+            rows,
+            tokens: b.zeros(n)?,
+            x_last: b.zeros(rows * hidden)?,
+            x: b.zeros(n * hidden)?,
+            h: b.zeros(n * hidden)?,
+            q: b.zeros(n * q_dim)?,
+            k: b.zeros(n * kv_dim)?,
+            v: b.zeros(n * kv_dim)?,
+            attn: b.zeros(n * q_dim)?,
+            proj: b.zeros(n * hidden)?,
+            gate: b.zeros(n * c.intermediate_size)?,
+            up: b.zeros(n * c.intermediate_size)?,
+            act: b.zeros(n * c.intermediate_size)?,
         })
     }
 
@@ -348,24 +403,14 @@ impl<B: Backend, W: Half> Llama<B, W> {
         let plan = cache.plan(&plan_input)?;
         let n = plan.num_tokens();
         let decode = batch.iter().all(|(_, t)| t.len() == 1);
-        let (hidden, hd) = (c.hidden_size, c.head_dim());
-        let (q_dim, kv_dim) = (c.num_attention_heads * hd, c.num_kv_heads() * hd);
+        let hidden = c.hidden_size;
         let tokens: Vec<u32> = batch.iter().flat_map(|(_, t)| t.iter().copied()).collect();
-        let mut s = Scratch::<B> {
-            x: b.zeros(n * hidden)?,
-            h: b.zeros(n * hidden)?,
-            q: b.zeros(n * q_dim)?,
-            k: b.zeros(n * kv_dim)?,
-            v: b.zeros(n * kv_dim)?,
-            attn: b.zeros(n * q_dim)?,
-            proj: b.zeros(n * hidden)?,
-            gate: b.zeros(n * c.intermediate_size)?,
-            up: b.zeros(n * c.intermediate_size)?,
-            act: b.zeros(n * c.intermediate_size)?,
-        };
+        let rows = batch.len();
+        let mut s = self.take_scratch(n, rows)?;
         let mut stats = ReadStats::default();
 
-        b.embedding(&self.weights.embed, hidden, &b.upload(&tokens)?, &mut s.x)?;
+        b.write(&mut s.tokens, 0, &tokens)?;
+        b.embedding(&self.weights.embed, hidden, &s.tokens, &mut s.x)?;
         for (layer, w) in self.weights.layers.iter().enumerate() {
             self.attention(layer, w, &mut s, cache, &plan, policy, decode, &mut stats)?;
             b.add_assign(&mut s.x, &s.proj)?;
@@ -373,19 +418,26 @@ impl<B: Backend, W: Half> Llama<B, W> {
             b.add_assign(&mut s.x, &s.proj)?;
         }
 
-        // Only each sequence's last token needs logits: gather those rows first.
-        let last: Vec<u32> = plan.qo_indptr()[1..]
-            .iter()
-            .map(|&e| e as u32 - 1)
-            .collect();
-        let rows = batch.len();
-        let mut x_last = b.zeros(rows * hidden)?;
-        b.embedding(&s.x, hidden, &b.upload(&last)?, &mut x_last)?;
-        let mut h_last = b.zeros(rows * hidden)?;
-        b.rms_norm(&x_last, &self.weights.norm, c.rms_norm_eps, &mut h_last)?;
+        // Only each sequence's last token needs logits. In a decode step that is every row;
+        // otherwise gather those rows first.
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         let mut logits = b.zeros(rows * c.vocab_size)?;
-        b.matmul(&h_last, head, rows, hidden, c.vocab_size, &mut logits)?;
+        if n == rows {
+            b.rms_norm(&s.x, &self.weights.norm, c.rms_norm_eps, &mut s.h)?;
+            b.matmul(&s.h, head, rows, hidden, c.vocab_size, &mut logits)?;
+        } else {
+            let last: Vec<u32> = plan.qo_indptr()[1..]
+                .iter()
+                .map(|&e| e as u32 - 1)
+                .collect();
+            b.embedding(&s.x, hidden, &b.upload(&last)?, &mut s.x_last)?;
+            let mut h_last = b.zeros(rows * hidden)?;
+            b.rms_norm(&s.x_last, &self.weights.norm, c.rms_norm_eps, &mut h_last)?;
+            b.matmul(&h_last, head, rows, hidden, c.vocab_size, &mut logits)?;
+        }
+        if self.reuse_workspace.load(Ordering::Relaxed) {
+            *self.workspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+        }
         Ok(Forward { logits, stats })
     }
 }

@@ -1,0 +1,354 @@
+//! `quest eval passkey`: pass-key retrieval accuracy for each policy, budget and length, as a
+//! table (stdout), JSON and an SVG plot of accuracy against budget.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use quest_kernels::{Backend, CpuBackend, CudaBackend, Half, TableRows, f16};
+use quest_model::{
+    Dense, H2o, KvPolicy, Llama, Quest, QuestConfig, StreamingLlm, Tokenizer, Tova,
+    passkey_prompts, run_passkey,
+};
+use serde_json::json;
+
+use crate::generate::Device;
+use crate::progress;
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Pass-key retrieval over lengths, budgets and policies.
+    Passkey(PasskeyArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EvalPolicy {
+    Dense,
+    Quest,
+    Streaming,
+    H2o,
+    Tova,
+}
+
+impl EvalPolicy {
+    fn name(self) -> &'static str {
+        match self {
+            EvalPolicy::Dense => "dense",
+            EvalPolicy::Quest => "quest",
+            EvalPolicy::Streaming => "streaming",
+            EvalPolicy::H2o => "h2o",
+            EvalPolicy::Tova => "tova",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PasskeyArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "2048,4096,7500")]
+    pub lengths: Vec<usize>,
+    /// Token budgets.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512,1024")]
+    pub budgets: Vec<usize>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "dense,quest,streaming,h2o,tova"
+    )]
+    pub policies: Vec<EvalPolicy>,
+    /// Keys (prompts) per cell, at depths spread over the context.
+    #[arg(long, default_value_t = 20)]
+    pub keys: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Quest's page size (the token policies use one-token pages).
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    /// Prompt tokens fed through the decode path before the answer.
+    #[arg(long, default_value_t = 64)]
+    pub tail: usize,
+    #[arg(long, default_value_t = 2)]
+    pub skip_layers: usize,
+    /// Prompts run together in one batch.
+    #[arg(long, default_value_t = 20)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// Directory for passkey.json and passkey.svg.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+}
+
+pub fn run(cmd: EvalCommand, quiet: bool) -> Result<()> {
+    match cmd {
+        EvalCommand::Passkey(args) => match args.device {
+            Device::Cpu => passkey::<CpuBackend, f16>(&CpuBackend, &args, quiet),
+            Device::Cuda => {
+                let gpu = CudaBackend::new(0).context("--device cuda")?;
+                passkey::<CudaBackend, f16>(&gpu, &args, quiet)
+            }
+            Device::Auto => match CudaBackend::new(0) {
+                Ok(gpu) => passkey::<CudaBackend, f16>(&gpu, &args, quiet),
+                Err(_) => passkey::<CpuBackend, f16>(&CpuBackend, &args, quiet),
+            },
+        },
+    }
+}
+
+/// One (policy, budget) of the grid; dense has no budget.
+fn cells(args: &PasskeyArgs) -> Vec<(EvalPolicy, Option<usize>)> {
+    let mut out = Vec::new();
+    for &p in &args.policies {
+        if p == EvalPolicy::Dense {
+            out.push((p, None));
+        } else {
+            out.extend(args.budgets.iter().map(|&b| (p, Some(b))));
+        }
+    }
+    out
+}
+
+fn make_policy<B: Backend, W: Half>(
+    p: EvalPolicy,
+    budget: usize,
+    args: &PasskeyArgs,
+) -> Result<(Box<dyn KvPolicy<B, W>>, usize)> {
+    let skip = args.skip_layers;
+    Ok(match p {
+        EvalPolicy::Dense => (Box::new(Dense), args.page_size),
+        EvalPolicy::Quest => (
+            Box::new(Quest::<B>::new(QuestConfig {
+                budget,
+                skip_layers: skip,
+                rows: TableRows::PerQoHead,
+            })?),
+            args.page_size,
+        ),
+        EvalPolicy::Streaming => (Box::new(StreamingLlm::<B>::new(budget, skip)), 1),
+        EvalPolicy::H2o => (Box::new(H2o::<B>::new(budget, skip)), 1),
+        EvalPolicy::Tova => (Box::new(Tova::<B>::new(budget, skip)), 1),
+    })
+}
+
+fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) -> Result<()> {
+    if args.keys == 0 || args.batch == 0 || args.page_size == 0 {
+        bail!("--keys, --batch and --page-size must be positive");
+    }
+    let tok = Tokenizer::from_dir(&args.model)?;
+    let model = Llama::<B, W>::load(backend, &args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let grid = cells(args);
+    let bar = progress::bar((grid.len() * args.lengths.len()) as u64, "passkey", quiet);
+    let mut results = Vec::new();
+    let started = std::time::Instant::now();
+    for &length in &args.lengths {
+        let prompts = passkey_prompts(&tok, length, args.keys, args.seed)?;
+        let real_len = prompts.iter().map(|p| p.tokens.len()).sum::<usize>() / prompts.len();
+        for &(p, budget) in &grid {
+            let (mut policy, page_size) = make_policy::<B, W>(p, budget.unwrap_or(0), args)?;
+            let mut answers = Vec::new();
+            for chunk in prompts.chunks(args.batch) {
+                answers.extend(run_passkey(
+                    &model,
+                    &tok,
+                    policy.as_mut(),
+                    chunk,
+                    page_size,
+                    args.tail,
+                )?);
+            }
+            let correct = answers.iter().filter(|a| a.correct).count();
+            results.push(json!({
+                "length": length,
+                "mean_prompt_tokens": real_len,
+                "policy": p.name(),
+                "budget": budget,
+                "correct": correct,
+                "total": answers.len(),
+                "accuracy": correct as f64 / answers.len() as f64,
+                "answers": answers.iter().map(|a| json!({
+                    "key": a.key, "depth": a.depth, "answer": a.answer, "correct": a.correct
+                })).collect::<Vec<_>>(),
+            }));
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let table = render_table(args, &results);
+    println!("{table}");
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let doc = json!({
+        "model": args.model.display().to_string(),
+        "device": backend.name(),
+        "keys": args.keys,
+        "seed": args.seed,
+        "page_size": args.page_size,
+        "tail": args.tail,
+        "skip_layers": args.skip_layers,
+        "seconds": started.elapsed().as_secs_f64(),
+        "results": results,
+    });
+    let json_path = args.out.join("passkey.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let svg_path = args.out.join("passkey.svg");
+    std::fs::write(&svg_path, render_svg(args, &results))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    if !quiet {
+        eprintln!(
+            "wrote {} and {} ({:.0} s on {})",
+            json_path.display(),
+            svg_path.display(),
+            started.elapsed().as_secs_f64(),
+            backend.name()
+        );
+    }
+    Ok(())
+}
+
+fn accuracy(
+    results: &[serde_json::Value],
+    length: usize,
+    policy: &str,
+    budget: Option<usize>,
+) -> Option<f64> {
+    results
+        .iter()
+        .find(|r| {
+            r["length"] == length
+                && r["policy"] == policy
+                && (policy == "dense" || r["budget"] == json!(budget))
+        })
+        .and_then(|r| r["accuracy"].as_f64())
+}
+
+/// A markdown table per length: policies down, budgets across (dense: one value, repeated).
+fn render_table(args: &PasskeyArgs, results: &[serde_json::Value]) -> String {
+    let mut s = String::new();
+    for &length in &args.lengths {
+        let _ = writeln!(
+            s,
+            "\npass-key accuracy, ~{length} tokens, {} keys",
+            args.keys
+        );
+        let _ = write!(s, "| policy |");
+        for b in &args.budgets {
+            let _ = write!(s, " {b} |");
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in &args.budgets {
+            let _ = write!(s, "---|");
+        }
+        s.push('\n');
+        for p in &args.policies {
+            let _ = write!(s, "| {} |", p.name());
+            for &b in &args.budgets {
+                match accuracy(results, length, p.name(), Some(b)) {
+                    Some(a) => {
+                        let _ = write!(s, " {:.0}% |", 100.0 * a);
+                    }
+                    None => s.push_str(" - |"),
+                }
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Accuracy against budget (log scale), one panel per length, one line per policy.
+fn render_svg(args: &PasskeyArgs, results: &[serde_json::Value]) -> String {
+    const W: f64 = 320.0;
+    const H: f64 = 240.0;
+    const PAD: f64 = 40.0;
+    let colors = ["#000000", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+    let budgets: Vec<f64> = args.budgets.iter().map(|&b| (b as f64).log2()).collect();
+    let (bmin, bmax) = budgets
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let span = (bmax - bmin).max(1.0);
+    let width = W * args.lengths.len() as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        H + 30.0
+    );
+    for (li, &length) in args.lengths.iter().enumerate() {
+        let x0 = li as f64 * W;
+        let px = |b: f64| x0 + PAD + (b - bmin) / span * (W - 2.0 * PAD);
+        let py = |a: f64| H - PAD + 10.0 - a * (H - 2.0 * PAD);
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"16\" text-anchor=\"middle\">~{length} tokens</text>",
+            x0 + W / 2.0
+        );
+        let _ = writeln!(
+            s,
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/><line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/>",
+            px(bmin),
+            py(0.0),
+            px(bmax),
+            py(0.0),
+            px(bmin),
+            py(0.0),
+            px(bmin),
+            py(1.0)
+        );
+        for (bi, &b) in args.budgets.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{b}</text>",
+                px(budgets[bi]),
+                py(0.0) + 14.0
+            );
+        }
+        for a in [0.0, 0.5, 1.0] {
+            let _ = writeln!(
+                s,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.0}%</text>",
+                px(bmin) - 4.0,
+                py(a) + 4.0,
+                a * 100.0
+            );
+        }
+        for (pi, p) in args.policies.iter().enumerate() {
+            let color = colors[pi % colors.len()];
+            let pts: Vec<String> = args
+                .budgets
+                .iter()
+                .zip(&budgets)
+                .filter_map(|(&b, &lb)| {
+                    accuracy(results, length, p.name(), Some(b))
+                        .map(|a| format!("{:.1},{:.1}", px(lb), py(a)))
+                })
+                .collect();
+            let dash = if *p == EvalPolicy::Dense {
+                " stroke-dasharray=\"4 3\""
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                s,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash}/>",
+                pts.join(" ")
+            );
+            if li == 0 {
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>",
+                    PAD + 8.0,
+                    PAD + 14.0 * pi as f64,
+                    p.name()
+                );
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
