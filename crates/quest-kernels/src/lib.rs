@@ -15,7 +15,7 @@ pub mod rope;
 pub use backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaBackend, CudaBuf};
+pub use cuda::{CudaBackend, CudaBuf, CudaTimer};
 pub use dtype::{DType, Elem, Half};
 pub use error::{KernelError, Result};
 pub use half::{bf16, f16};

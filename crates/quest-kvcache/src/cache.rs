@@ -346,6 +346,34 @@ impl<B: Backend, T: Half> KvCache<B, T> {
         Ok(())
     }
 
+    /// Writes synthetic K/V into every layer (the whole buffer, pseudo-random and uniform in
+    /// `[-|scale|, |scale|]`, from [`Backend::fill_random`] with one stream per layer derived from
+    /// `seed`) and recomputes the bounds of every page of every live sequence, so all reserved
+    /// tokens hold valid K/V. For benchmarks and tests that need a long context without paying for
+    /// its prefill: the values are not what any model would compute, but every kernel reads them
+    /// exactly as it would read real ones.
+    pub fn fill_random(&mut self, seed: u64, scale: f32) -> Result<()> {
+        let page_size = self.config.page_size;
+        let (mut pages, mut lens) = (Vec::new(), Vec::new());
+        for state in self.seqs.values() {
+            for (i, &p) in state.pages.iter().enumerate() {
+                pages.push(p as i32);
+                lens.push((state.len - i * page_size).min(page_size) as i32);
+            }
+        }
+        let pages_dev = self.backend.upload(&pages)?;
+        let lens_dev = self.backend.upload(&lens)?;
+        for (layer, (kv, bounds)) in self.kv.iter_mut().zip(&mut self.bounds).enumerate() {
+            let layer_seed = seed ^ (layer as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            self.backend.fill_random(kv, layer_seed, scale)?;
+            if !pages.is_empty() {
+                self.backend
+                    .update_bounds(kv, bounds, &self.layout, &pages_dev, &lens_dev)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The KV pages of `layer`.
     pub fn kv(&self, layer: usize) -> Result<&B::Buf<T>> {
         self.check_layer(layer)?;

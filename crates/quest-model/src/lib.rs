@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod policy;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use baselines::{H2o, StreamingLlm, Tova};
@@ -21,4 +22,5 @@ pub use eval::{PasskeyAnswer, PasskeyPrompt, passkey_prompts, run_passkey};
 pub use generate::{GenerateObserver, GenerateParams, GenerateStats, Generation, generate};
 pub use llama::{Forward, Llama, ReadStats, Weights};
 pub use policy::{Dense, KvPolicy, Quest, QuestConfig, Selection};
+pub use synthetic::Shape;
 pub use tokenizer::{TextStream, Tokenizer};

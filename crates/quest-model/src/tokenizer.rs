@@ -130,7 +130,15 @@ impl Tokenizer {
                 path.display()
             )));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
+        // tokenizers 0.22 panics on some malformed files (a syntax error inside "decoder" hits an
+        // `expect`); a hostile file must give an error, not take the process down.
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(&path))
+            .map_err(|_| {
+                ModelError::Tokenizer(format!(
+                    "{}: malformed tokenizer (the tokenizers library panicked reading it)",
+                    path.display()
+                ))
+            })?
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let (mut chat_template, mut bos_token, mut eos_token) = (None, None, None);

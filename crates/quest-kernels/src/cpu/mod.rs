@@ -4,11 +4,13 @@
 pub mod attention;
 pub mod dense;
 pub mod paged;
+pub mod random;
 pub mod select;
 
 pub use attention::{decode_attention, prefill_attention};
 pub use dense::{add_assign, argmax, embedding, matmul, rms_norm, rope, sample, silu_mul};
 pub use paged::{append_kv, update_bounds};
+pub use random::{fill_random, hash_uniform};
 pub use select::{estimate_pages, select_top_pages};
 
 use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
@@ -70,6 +72,10 @@ impl Backend for CpuBackend {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn fill_random<T: Half>(&self, buf: &mut Vec<T>, seed: u64, scale: f32) -> Result<()> {
+        random::fill_random(buf, seed, scale)
     }
 
     fn embedding<W: Half>(

@@ -9,8 +9,12 @@
 mod attention;
 mod dense;
 mod paged;
+mod random;
 mod sampling;
 mod select;
+mod timing;
+
+pub use timing::CudaTimer;
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -34,6 +38,7 @@ pub(crate) enum Family {
     Decode,
     Prefill,
     Sampling,
+    Random,
 }
 
 impl Family {
@@ -45,6 +50,7 @@ impl Family {
             Family::Decode => include_str!("../../../../ptx/decode_attention.ptx"),
             Family::Prefill => include_str!("../../../../ptx/prefill_attention.ptx"),
             Family::Sampling => include_str!("../../../../ptx/sampling.ptx"),
+            Family::Random => include_str!("../../../../ptx/random.ptx"),
         }
     }
 }
@@ -446,6 +452,10 @@ impl Backend for CudaBackend {
         self.stream()
             .synchronize()
             .map_err(|e| cuda_err("synchronize", e))
+    }
+
+    fn fill_random<T: Half>(&self, buf: &mut CudaBuf<T>, seed: u64, scale: f32) -> Result<()> {
+        random::fill_random(self, buf, seed, scale)
     }
 
     fn embedding<W: Half>(
