@@ -248,3 +248,23 @@ select_top_pages(const float* __restrict__ scores, const int* in_indptr, const i
         }
     }
 }
+
+// force_pages: sets scores[h, j] = +inf for every query head h and, in each sequence row b of n
+//   pages, the first `first` pages and the `recent` pages before the last one (the last page is
+//   always kept by select_top_pages anyway), so top-k keeps them ahead of any scored page (ties
+//   among them go to the earlier page, like every tie). Quest's sink page and recent window.
+//   grid (batch), block 256: threads stride over (head, forced page) pairs.
+extern "C" __global__ void force_pages(float* scores, const int* indptr, int nnz, int num_qo_heads,
+                                       int first, int recent) {
+    const int b = blockIdx.x;
+    const int start = indptr[b], n = indptr[b + 1] - start;
+    const int last = n - 1;  // never forced: always kept
+    const int nf = min(first, max(last, 0));
+    const int r0 = max(nf, last - recent);  // recent window [r0, last)
+    const int per_head = nf + max(last - r0, 0);
+    for (int e = threadIdx.x; e < num_qo_heads * per_head; e += blockDim.x) {
+        const int h = e / per_head, k = e % per_head;
+        const int j = k < nf ? k : r0 + (k - nf);
+        scores[(size_t)h * nnz + start + j] = __int_as_float(0x7f800000);
+    }
+}

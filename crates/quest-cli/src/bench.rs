@@ -253,6 +253,8 @@ fn run_on<B: Backend>(
                                     RowsArg::PerQoHead => TableRows::PerQoHead,
                                     RowsArg::PerKvHead => TableRows::PerKvHead,
                                 },
+                                sink_pages: 0,
+                                recent_pages: 0,
                             })?;
                             configs.push(("quest".into(), Some(budget), Box::new(q)));
                         }

@@ -25,7 +25,14 @@ pub enum EvalCommand {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EvalPolicy {
     Dense,
+    /// The paper's Quest: one page set per query head.
     Quest,
+    /// Quest with one page set per GQA group (scores summed over the group).
+    QuestGroup,
+    /// Quest keeping the sink page and a recent window (--sink-pages, --recent-pages).
+    QuestSink,
+    /// Both of the above.
+    QuestSinkGroup,
     Streaming,
     H2o,
     Tova,
@@ -36,6 +43,9 @@ impl EvalPolicy {
         match self {
             EvalPolicy::Dense => "dense",
             EvalPolicy::Quest => "quest",
+            EvalPolicy::QuestGroup => "quest-group",
+            EvalPolicy::QuestSink => "quest-sink",
+            EvalPolicy::QuestSinkGroup => "quest-sink-group",
             EvalPolicy::Streaming => "streaming",
             EvalPolicy::H2o => "h2o",
             EvalPolicy::Tova => "tova",
@@ -73,6 +83,12 @@ pub struct PasskeyArgs {
     pub tail: usize,
     #[arg(long, default_value_t = 2)]
     pub skip_layers: usize,
+    /// quest-sink*: pages kept at the start of each sequence.
+    #[arg(long, default_value_t = 1)]
+    pub sink_pages: usize,
+    /// quest-sink*: pages kept before the last one.
+    #[arg(long, default_value_t = 2)]
+    pub recent_pages: usize,
     /// Prompts run together in one batch.
     #[arg(long, default_value_t = 20)]
     pub batch: usize,
@@ -120,14 +136,25 @@ fn make_policy<B: Backend, W: Half>(
     let skip = args.skip_layers;
     Ok(match p {
         EvalPolicy::Dense => (Box::new(Dense), args.page_size),
-        EvalPolicy::Quest => (
-            Box::new(Quest::<B>::new(QuestConfig {
+        EvalPolicy::Quest
+        | EvalPolicy::QuestGroup
+        | EvalPolicy::QuestSink
+        | EvalPolicy::QuestSinkGroup => {
+            let group = matches!(p, EvalPolicy::QuestGroup | EvalPolicy::QuestSinkGroup);
+            let sink = matches!(p, EvalPolicy::QuestSink | EvalPolicy::QuestSinkGroup);
+            let q = Quest::<B>::new(QuestConfig {
                 budget,
                 skip_layers: skip,
-                rows: TableRows::PerQoHead,
-            })?),
-            args.page_size,
-        ),
+                rows: if group {
+                    TableRows::PerKvHead
+                } else {
+                    TableRows::PerQoHead
+                },
+                sink_pages: if sink { args.sink_pages } else { 0 },
+                recent_pages: if sink { args.recent_pages } else { 0 },
+            })?;
+            (Box::new(q), args.page_size)
+        }
         EvalPolicy::Streaming => (Box::new(StreamingLlm::<B>::new(budget, skip)), 1),
         EvalPolicy::H2o => (Box::new(H2o::<B>::new(budget, skip)), 1),
         EvalPolicy::Tova => (Box::new(Tova::<B>::new(budget, skip)), 1),

@@ -78,6 +78,16 @@ pub struct GenerateArgs {
     /// Tokens per KV page.
     #[arg(long, default_value_t = 16)]
     pub page_size: usize,
+    /// Quest: pages at the start of the sequence always kept (attention sink; 0 for the paper's
+    /// selection).
+    #[arg(long, default_value_t = 1)]
+    pub sink_pages: usize,
+    /// Quest: pages before the last one always kept (recent window; 0 for the paper's selection).
+    #[arg(long, default_value_t = 2)]
+    pub recent_pages: usize,
+    /// Quest: one page set per GQA group (KV head) instead of per query head.
+    #[arg(long)]
+    pub group_selection: bool,
     /// Quest: the first layers that stay dense.
     #[arg(long, default_value_t = 2)]
     pub skip_layers: usize,
@@ -163,7 +173,13 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
         PolicyKind::Quest => Box::new(Quest::<B>::new(QuestConfig {
             budget: args.budget,
             skip_layers: args.skip_layers,
-            rows: TableRows::PerQoHead,
+            rows: if args.group_selection {
+                TableRows::PerKvHead
+            } else {
+                TableRows::PerQoHead
+            },
+            sink_pages: args.sink_pages,
+            recent_pages: args.recent_pages,
         })?),
     };
     let params = GenerateParams {

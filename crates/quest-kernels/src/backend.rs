@@ -244,6 +244,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
         scores: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// Marks pages every head must keep: sets `scores[h, j] = +inf` for each query head and, in
+    /// each sequence row of `n` pages of the per-sequence `table`, the first `first` pages (the
+    /// attention sink) and the `recent` pages before the last. [`select_top_pages`] then keeps
+    /// them ahead of every scored page, inside the budget.
+    ///
+    /// [`select_top_pages`]: Backend::select_top_pages
+    fn force_pages(
+        &self,
+        scores: &mut Self::Buf<f32>,
+        num_qo_heads: usize,
+        table: &DevicePageTable<Self>,
+        first: usize,
+        recent: usize,
+    ) -> Result<()>;
+
     /// Top-k page selection. For each row of the per-sequence `table` and each head of `rows`
     /// ([`TableRows::PerQoHead`]: scores as given; [`TableRows::PerKvHead`]: scores summed over the
     /// query heads of each GQA group), keeps the sequence's last page and the `budget_pages - 1`

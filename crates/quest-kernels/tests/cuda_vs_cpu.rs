@@ -451,6 +451,22 @@ fn top_k_ties_match_exactly() {
         let budget = r.random_range(1..300usize);
         let tc = DevicePageTable::upload(&c, &table, &layout).unwrap();
         let tg = DevicePageTable::upload(g, &table, &layout).unwrap();
+        // Every other case forces a sink and a recent window first (bit-identical on both).
+        let scores = if case % 2 == 1 {
+            let (first, recent) = (r.random_range(0..3usize), r.random_range(0..6usize));
+            let mut fc = scores.clone();
+            c.force_pages(&mut fc, hq, &tc, first, recent).unwrap();
+            let mut fg = up(g, &scores);
+            g.force_pages(&mut fg, hq, &tg, first, recent).unwrap();
+            let fg = down(g, &fg);
+            assert!(
+                fc.iter().zip(&fg).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "force_pages case {case}"
+            );
+            fc
+        } else {
+            scores
+        };
         for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
             let heads = rows.count(1, hq, hkv);
             let mut sc = poisoned_selection(&c, &table.indptr, heads, budget);

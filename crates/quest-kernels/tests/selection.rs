@@ -501,3 +501,48 @@ fn check_selection_edge_cases<B: Backend>(backend: &B) {
 fn selection_edge_cases() {
     check_selection_edge_cases(&CpuBackend);
 }
+
+/// Forced pages (sink + recent window) are always selected when they fit in the budget, and
+/// the rest of the budget goes to the best-scoring other pages.
+#[test]
+fn forced_pages_are_always_kept() {
+    use quest_kernels::{
+        AttentionShape, Backend, CpuBackend, DevicePageTable, PageTable, PagedLayout,
+    };
+    let c = CpuBackend;
+    let layout = PagedLayout {
+        num_pages: 64,
+        page_size: 16,
+        num_kv_heads: 1,
+        head_dim: 8,
+    };
+    let shape = AttentionShape {
+        num_qo_heads: 2,
+        layout,
+        sm_scale: 1.0,
+    };
+    let mut table = PageTable::new();
+    table.push_row(&(10..30).collect::<Vec<i32>>(), 5);
+    let t = DevicePageTable::upload(&c, &table, &layout).unwrap();
+    // Page j scores j for head 0 and -j for head 1: head 0 prefers late pages, head 1 early ones.
+    let mut scores: Vec<f32> = (0..20)
+        .map(|j| j as f32)
+        .chain((0..20).map(|j| -(j as f32)))
+        .collect();
+    c.force_pages(&mut scores, 2, &t, 1, 2).unwrap();
+    let mut out = DevicePageTable::for_selection(&c, &table.indptr, 2, 6).unwrap();
+    c.select_top_pages(&scores, &shape, &t, 6, TableRows::PerQoHead, &mut out)
+        .unwrap();
+    let got = out.to_host(&c).unwrap();
+    // Head 0: sink 10, recent 27 28, best others 25 26, last 29.
+    assert_eq!(got.row(0), &[10, 25, 26, 27, 28, 29]);
+    // Head 1: sink 10, best others 11 12, recent 27 28, last 29.
+    assert_eq!(got.row(1), &[10, 11, 12, 27, 28, 29]);
+    // A short row has nothing to force beyond its pages.
+    let mut short = PageTable::new();
+    short.push_row(&[3], 1);
+    let ts = DevicePageTable::upload(&c, &short, &layout).unwrap();
+    let mut s1 = vec![0.5f32, 0.25];
+    c.force_pages(&mut s1, 2, &ts, 1, 4).unwrap();
+    assert_eq!(s1, vec![0.5, 0.25], "the last page is never forced");
+}

@@ -55,14 +55,32 @@ pub struct QuestConfig {
     pub skip_layers: usize,
     /// One page set per query head (the paper) or per KV head (shared by a GQA group).
     pub rows: TableRows,
+    /// Pages at the start of each sequence always kept (the attention sink), inside the budget.
+    pub sink_pages: usize,
+    /// Pages before the last one always kept (a recent window), inside the budget.
+    pub recent_pages: usize,
 }
 
 impl QuestConfig {
+    /// The default: the paper's selection plus the sink page and a two-page recent window, which
+    /// scored higher than the paper's setting on pass-key retrieval at every budget of 128 tokens
+    /// and more and every length measured (docs/accuracy.md).
     pub fn new(budget: usize) -> Self {
+        QuestConfig {
+            sink_pages: 1,
+            recent_pages: 2,
+            ..Self::paper(budget)
+        }
+    }
+
+    /// The paper's setting: per-query-head pages, first two layers dense, nothing forced.
+    pub fn paper(budget: usize) -> Self {
         QuestConfig {
             budget,
             skip_layers: 2,
             rows: TableRows::PerQoHead,
+            sink_pages: 0,
+            recent_pages: 0,
         }
     }
 }
@@ -97,9 +115,10 @@ impl<B: Backend> Quest<B> {
 
 impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
     fn name(&self) -> String {
+        let c = &self.config;
         format!(
-            "quest(budget={}, skip_layers={}, rows={:?})",
-            self.config.budget, self.config.skip_layers, self.config.rows
+            "quest(budget={}, skip_layers={}, rows={:?}, sink_pages={}, recent_pages={})",
+            c.budget, c.skip_layers, c.rows, c.sink_pages, c.recent_pages
         )
     }
 
@@ -134,6 +153,15 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
             table,
             scores,
         )?;
+        if self.config.sink_pages > 0 || self.config.recent_pages > 0 {
+            backend.force_pages(
+                scores,
+                input.shape.num_qo_heads,
+                table,
+                self.config.sink_pages,
+                self.config.recent_pages,
+            )?;
+        }
         // The output table's rows depend only on the sequences' page counts: reuse it while they
         // stay the same (every layer of a step, and most steps).
         let want = DevicePageTable::<B>::selection_indptr(&table.indptr_host, heads, budget_pages);

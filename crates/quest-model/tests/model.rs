@@ -171,6 +171,8 @@ fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
             budget: 128,
             skip_layers: 0,
             rows,
+            sink_pages: 0,
+            recent_pages: 0,
         })
         .unwrap();
         let q = run(&model, &mut covering, &toks, 60, 8);
@@ -182,6 +184,8 @@ fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
             budget: 16,
             skip_layers: 1,
             rows,
+            sink_pages: 0,
+            recent_pages: 0,
         })
         .unwrap();
         let q = run(&model, &mut small, &toks, 60, 8);

@@ -11,7 +11,7 @@ pub use attention::{decode_attention, prefill_attention};
 pub use dense::{add_assign, argmax, embedding, matmul, rms_norm, rope, sample, silu_mul};
 pub use paged::{append_kv, update_bounds};
 pub use random::{fill_random, hash_uniform};
-pub use select::{estimate_pages, select_top_pages};
+pub use select::{estimate_pages, force_pages, select_top_pages};
 
 use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
 use crate::dtype::{Elem, Half};
@@ -174,6 +174,17 @@ impl Backend for CpuBackend {
         scores: &mut Vec<f32>,
     ) -> Result<()> {
         select::estimate_pages(q, bounds, shape, &host_table(table), scores)
+    }
+
+    fn force_pages(
+        &self,
+        scores: &mut Vec<f32>,
+        num_qo_heads: usize,
+        table: &DevicePageTable<Self>,
+        first: usize,
+        recent: usize,
+    ) -> Result<()> {
+        select::force_pages(scores, num_qo_heads, &host_table(table), first, recent)
     }
 
     fn select_top_pages(

@@ -151,3 +151,36 @@ pub fn select_top_pages(
     }
     Ok(())
 }
+
+/// Forces Quest's sink and recent pages: `scores[h, j] = +inf` for every query head and, in each
+/// sequence row of `n` pages, the first `first` pages and the `recent` pages just before the last
+/// (which top-k keeps anyway). Top-k then keeps them ahead of every scored page.
+pub fn force_pages(
+    scores: &mut [f32],
+    num_qo_heads: usize,
+    table: &PageTable,
+    first: usize,
+    recent: usize,
+) -> Result<()> {
+    const OP: &str = "force_pages";
+    let nnz = table.indices.len();
+    expect_len(OP, "scores", scores.len(), num_qo_heads * nnz)?;
+    if table.indptr.first() != Some(&0) || table.indptr.last().copied() != Some(nnz as i32) {
+        return Err(shape_err(OP, "page table indptr does not span its indices"));
+    }
+    for w in table.indptr.windows(2) {
+        if w[1] < w[0] {
+            return Err(shape_err(OP, "page table indptr decreases"));
+        }
+        let (start, n) = (w[0] as usize, (w[1] - w[0]) as usize);
+        let last = n.saturating_sub(1);
+        let nf = first.min(last);
+        let r0 = nf.max(last.saturating_sub(recent));
+        for h in 0..num_qo_heads {
+            for j in (0..nf).chain(r0..last) {
+                scores[h * nnz + start + j] = f32::INFINITY;
+            }
+        }
+    }
+    Ok(())
+}

@@ -561,6 +561,17 @@ impl Backend for CudaBackend {
         select::estimate_pages(self, q, bounds, shape, table, scores)
     }
 
+    fn force_pages(
+        &self,
+        scores: &mut CudaBuf<f32>,
+        num_qo_heads: usize,
+        table: &DevicePageTable<Self>,
+        first: usize,
+        recent: usize,
+    ) -> Result<()> {
+        select::force_pages(self, scores, num_qo_heads, table, first, recent)
+    }
+
     fn select_top_pages(
         &self,
         scores: &CudaBuf<f32>,

@@ -198,3 +198,41 @@ pub(super) fn select_top_pages(
     unsafe { b.launch(cfg) }.map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
+
+pub(super) fn force_pages(
+    be: &CudaBackend,
+    scores: &mut CudaBuf<f32>,
+    num_qo_heads: usize,
+    table: &DevicePageTable<CudaBackend>,
+    first: usize,
+    recent: usize,
+) -> Result<()> {
+    const OP: &str = "force_pages";
+    let nnz = table.nnz();
+    expect_len(OP, "scores", scores.len(), num_qo_heads * nnz)?;
+    let batch = table.rows();
+    if batch == 0 || nnz == 0 || (first == 0 && recent == 0) {
+        return Ok(());
+    }
+    let f = be.func(OP, Family::Select, "force_pages")?;
+    let (sp, ip) = (scores.touched(), table.indptr.ptr());
+    let (n, h) = (
+        i32_of(OP, "nnz", nnz)?,
+        i32_of(OP, "num_qo_heads", num_qo_heads)?,
+    );
+    let (fi, re) = (
+        i32_of(OP, "first", first.min(i32::MAX as usize))?,
+        i32_of(OP, "recent", recent.min(i32::MAX as usize))?,
+    );
+    let mut b = be.stream().launch_builder(&f);
+    b.arg(&sp).arg(&ip).arg(&n).arg(&h).arg(&fi).arg(&re);
+    let cfg = LaunchConfig {
+        grid_dim: (i32_of(OP, "batch", batch)? as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: matches `force_pages(float*, const int*, int, int, int, int)`; `scores` holds
+    // num_qo_heads * nnz floats and every write is at h * nnz + j with j inside its row.
+    unsafe { b.launch(cfg) }.map_err(|e| cuda_err(OP, e))?;
+    Ok(())
+}
