@@ -108,7 +108,7 @@ pub fn generate<B: Backend, W: Half>(
     policy: &mut dyn KvPolicy<B, W>,
     prompts: &[Vec<u32>],
     params: &GenerateParams,
-    mut observer: impl GenerateObserver,
+    observer: impl GenerateObserver,
 ) -> Result<(Vec<Generation>, GenerateStats)> {
     let context = model.config().max_position_embeddings;
     for p in prompts {
@@ -133,6 +133,25 @@ pub fn generate<B: Backend, W: Half>(
     if params.prefill_chunk == 0 {
         return Err(ModelError::Argument("prefill_chunk must be > 0".into()));
     }
+    let seqs: Vec<SeqId> = prompts.iter().map(|_| cache.add_sequence()).collect();
+    let result = generate_on(model, cache, policy, prompts, params, observer, &seqs);
+    // The sequences leave the cache however generation ended, so an error loses no pages.
+    for &s in &seqs {
+        cache.remove_sequence(s)?;
+    }
+    result
+}
+
+/// The body of [`generate`] for sequences already added to the cache (and removed by the caller).
+fn generate_on<B: Backend, W: Half>(
+    model: &Llama<B, W>,
+    cache: &mut KvCache<B, W>,
+    policy: &mut dyn KvPolicy<B, W>,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    mut observer: impl GenerateObserver,
+    seqs: &[SeqId],
+) -> Result<(Vec<Generation>, GenerateStats)> {
     let backend = model.backend().clone();
     let vocab = model.config().vocab_size;
     let mut rng = SplitMix64::new(params.seed);
@@ -140,7 +159,6 @@ pub fn generate<B: Backend, W: Half>(
         prompt_tokens: prompts.iter().map(Vec::len).sum(),
         ..Default::default()
     };
-    let seqs: Vec<SeqId> = prompts.iter().map(|_| cache.add_sequence()).collect();
     let mut out: Vec<Generation> = vec![Generation::default(); prompts.len()];
     let mut alive: Vec<usize> = (0..prompts.len()).collect();
     let mut last_logits: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
@@ -207,7 +225,7 @@ pub fn generate<B: Backend, W: Half>(
         if alive.is_empty() {
             break;
         }
-        let Some(f) = decode_step(model, cache, policy, &seqs, &mut alive, &next, &mut out)? else {
+        let Some(f) = decode_step(model, cache, policy, seqs, &mut alive, &next, &mut out)? else {
             break;
         };
         stats.decode_steps += 1;
@@ -229,9 +247,6 @@ pub fn generate<B: Backend, W: Half>(
     }
     stats.decode_time = t1.elapsed();
     stats.pages_in_use = cache.pages_in_use();
-    for s in seqs {
-        cache.remove_sequence(s)?;
-    }
     Ok((out, stats))
 }
 
