@@ -4,7 +4,7 @@
 # Fails on the first crash, leak of a panic, timeout or out-of-memory; the input that did it is
 # left in fuzz/artifacts/<target>/ (reproduce with `cargo fuzz run --sanitizer none <target> <file>`).
 #
-#   FUZZ_SECONDS    seconds per target (default 45: build ~3 min + 6 targets fits ~10 min on 2 cores)
+#   FUZZ_SECONDS    seconds per target (default 60: build ~3 min + 6 minutes of fuzzing on 2 cores)
 #   FUZZ_TARGETS    space-separated targets (default: all of them)
 #   FUZZ_SANITIZER  none (default, works on stable) or address (uses RUSTC_BOOTSTRAP=1)
 #
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../fuzz"
-seconds=${FUZZ_SECONDS:-45}
+seconds=${FUZZ_SECONDS:-60}
 targets=${FUZZ_TARGETS:-"gguf safetensors config_json tokenizer_json page_pool kv_cache"}
 sanitizer=${FUZZ_SANITIZER:-none}
 

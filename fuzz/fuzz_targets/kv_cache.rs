@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use quest_fuzz::Bytes;
-use quest_kernels::{CpuBackend, f16};
+use quest_kernels::{AttentionShape, Backend, CpuBackend, DevicePageTable, TableRows, f16};
 use quest_kvcache::{CacheConfig, CacheError, KvCache, SeqId, StepPlan};
 
 type Cache = KvCache<CpuBackend, f16>;
@@ -282,6 +282,7 @@ fuzz_target!(|data: &[u8]| {
                             .map(|&(i, n)| (i, n, m.seqs[i].len, m.seqs[i].pages.clone()))
                             .collect();
                         check_plan(&plan, &rows, cfg.page_size, &m);
+                        check_select(&cache, &plan, &rows, &mut b);
                         plans.push(PlanModel {
                             plan,
                             epoch: m.epoch,
@@ -382,4 +383,72 @@ fn check_plan(
     plan.host_table()
         .validate("plan", &layout)
         .expect("a valid page table");
+}
+
+/// Quest's selection over a fresh plan (the "select" operation): estimate with a query from the
+/// input, maybe force a sink and a recent window, select with a budget from the input. Every row
+/// keeps `min(n_pages, budget)` of its own sequence's pages, in table order, the last page last.
+fn check_select(
+    cache: &Cache,
+    plan: &StepPlan<CpuBackend>,
+    rows: &[(usize, usize, usize, Vec<u32>)],
+    b: &mut Bytes,
+) {
+    if b.is_empty() {
+        return;
+    }
+    let layout = *cache.layout();
+    let group = 1 + b.below(3);
+    let hq = layout.num_kv_heads * group;
+    let shape = AttentionShape {
+        num_qo_heads: hq,
+        layout,
+        sm_scale: 0.125,
+    };
+    let q: Vec<f32> = (0..rows.len() * hq * layout.head_dim)
+        .map(|_| b.u8() as f32 / 16.0 - 8.0)
+        .collect();
+    let table = plan.table();
+    let mut scores = vec![0f32; hq * table.nnz()];
+    let bounds = cache.bounds(0).expect("layer 0 exists");
+    CpuBackend
+        .estimate_pages(&q, bounds, &shape, table, &mut scores)
+        .expect("estimate over a valid plan");
+    if b.u8().is_multiple_of(2) {
+        CpuBackend
+            .force_pages(&mut scores, hq, table, b.below(3), b.below(4))
+            .expect("force over a valid plan");
+    }
+    let budget = 1 + b.below(8);
+    let kind = if b.u8().is_multiple_of(2) {
+        TableRows::PerQoHead
+    } else {
+        TableRows::PerKvHead
+    };
+    let heads = kind.count(1, hq, layout.num_kv_heads);
+    let mut out = DevicePageTable::for_selection(&CpuBackend, &table.indptr_host, heads, budget)
+        .expect("selection table");
+    CpuBackend
+        .select_top_pages(&scores, &shape, table, budget, kind, &mut out)
+        .expect("select over a valid plan");
+    let got = out.to_host(&CpuBackend).expect("cpu download");
+    for (r, (_, _, _, pages)) in rows.iter().enumerate() {
+        for h in 0..heads {
+            let row = got.row(r * heads + h);
+            assert_eq!(row.len(), pages.len().min(budget));
+            let pos: Vec<usize> = row
+                .iter()
+                .map(|&p| {
+                    pages
+                        .iter()
+                        .position(|&q| q as i32 == p)
+                        .expect("a page of the sequence")
+                })
+                .collect();
+            assert!(pos.windows(2).all(|w| w[0] < w[1]), "table order");
+            if let Some(&last) = pos.last() {
+                assert_eq!(last, pages.len() - 1, "the last page is kept");
+            }
+        }
+    }
 }
