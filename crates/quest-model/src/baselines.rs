@@ -60,6 +60,29 @@ fn token_table<B: Backend>(
     Ok(DevicePageTable::upload(backend, &t, layout)?)
 }
 
+/// Uploads the kept tokens into `slot` and selects that table: row `r` reads the tokens
+/// `kept[r]` of the plan's sequence `r / rows_per_seq`.
+fn select_kept<'s, B: Backend, T: Half>(
+    slot: &'s mut Option<DevicePageTable<B>>,
+    input: &SelectInput<'_, B, T>,
+    kept: &[Vec<u32>],
+    rows_per_seq: usize,
+    kind: TableRows,
+) -> Result<Selection<'s, B>> {
+    let rows: Vec<(usize, &[u32])> = kept
+        .iter()
+        .enumerate()
+        .map(|(r, k)| (r / rows_per_seq, &k[..]))
+        .collect();
+    let table = token_table(
+        input.cache.backend(),
+        input.plan.host_table(),
+        &rows,
+        &input.shape.layout,
+    )?;
+    Ok(Selection::Pages(slot.insert(table), kind))
+}
+
 /// `softmax(scale * logits)` over `logits`, in f64 for a stable ranking.
 fn softmax(logits: impl Iterator<Item = f32>, scale: f32) -> Vec<f64> {
     let l: Vec<f64> = logits.map(|x| (x * scale) as f64).collect();
@@ -131,14 +154,7 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for StreamingLlm<B> {
                     }
                 })
                 .collect();
-            let rows: Vec<(usize, &[u32])> =
-                kept.iter().enumerate().map(|(b, k)| (b, &k[..])).collect();
-            self.table = Some(token_table(
-                input.cache.backend(),
-                input.plan.host_table(),
-                &rows,
-                &input.shape.layout,
-            )?);
+            return select_kept(&mut self.table, &input, &kept, 1, TableRows::PerSequence);
         }
         let table = self
             .table
@@ -198,7 +214,6 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for H2o<B> {
         }
         let hq = input.shape.num_qo_heads;
         let scale = input.shape.sm_scale;
-        let plan_table = input.plan.host_table();
         // Every head's kept set (plus the new token) of every sequence, as one row per head.
         let mut kept_rows: Vec<Vec<u32>> = Vec::with_capacity(lens.len() * hq);
         for (b, &n) in lens.iter().enumerate() {
@@ -248,22 +263,7 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for H2o<B> {
                 new_rows.push(kept.clone());
             }
         }
-        let rows: Vec<(usize, &[u32])> = new_rows
-            .iter()
-            .enumerate()
-            .map(|(r, k)| (r / hq, &k[..]))
-            .collect();
-        self.table = Some(token_table(
-            input.cache.backend(),
-            plan_table,
-            &rows,
-            &input.shape.layout,
-        )?);
-        let table = self
-            .table
-            .as_ref()
-            .ok_or_else(|| ModelError::Argument("no H2O table".into()))?;
-        Ok(Selection::Pages(table, TableRows::PerQoHead))
+        select_kept(&mut self.table, &input, &new_rows, hq, TableRows::PerQoHead)
     }
 }
 
@@ -400,21 +400,12 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Tova<B> {
                 start += n;
             }
         }
-        let rows: Vec<(usize, &[u32])> = kept_rows
-            .iter()
-            .enumerate()
-            .map(|(b, k)| (b, &k[..]))
-            .collect();
-        self.table = Some(token_table(
-            input.cache.backend(),
-            plan_table,
-            &rows,
-            &input.shape.layout,
-        )?);
-        let table = self
-            .table
-            .as_ref()
-            .ok_or_else(|| ModelError::Argument("no TOVA table".into()))?;
-        Ok(Selection::Pages(table, TableRows::PerSequence))
+        select_kept(
+            &mut self.table,
+            &input,
+            &kept_rows,
+            1,
+            TableRows::PerSequence,
+        )
     }
 }
