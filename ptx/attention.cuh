@@ -7,10 +7,13 @@
 // Launch shape: block of 128 threads; grid (queries * head_chunks, splits).
 //   - A team of head_dim / 8 lanes owns one token at a time; each lane holds 8 channels, loaded
 //     as 16 bytes (f16/bf16) straight from the page, so a token's 256-byte key row is one
-//     coalesced request. 128 / team teams walk the block's token range, U = 4 tokens each per
-//     step with all 2U loads issued before any is used (bytes in flight hide DRAM latency).
+//     coalesced request. 128 / team teams walk the block's token range, U = 2 tokens each per
+//     step with all 2U loads issued before any is used. U = 2 beats U = 4 and 8 on the H100
+//     (docs/kernels.md): fewer registers, more resident blocks, more bytes in flight per SM.
 //   - GQA: a block serves GB query heads of one KV head (a head chunk) when their rows are the
 //     same (PerSequence, PerKvHead tables), so K/V bytes are read once for the whole group.
+//     Short rows (<= 8192 tokens, e.g. Quest's selections) use GB = 1 instead: four times the
+//     blocks, and the group's re-reads of a page mostly hit L2.
 //     PerQoHead tables give every query head its own row: GB = 1.
 //   - Online softmax in base 2 (q pre-scaled by sm_scale * log2 e): running max m, sum l and
 //     unnormalised acc per head, rescaled once per step of U tokens.
@@ -26,8 +29,12 @@
 #pragma once
 #include "common.cuh"
 
+#ifndef ATT_THREADS
 #define ATT_THREADS 128
-#define ATT_U 4
+#endif
+#ifndef ATT_U
+#define ATT_U 2
+#endif
 
 struct AttnParams {
     int num_queries;     // decode: batch; prefill: total query tokens

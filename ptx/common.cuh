@@ -58,6 +58,17 @@ __device__ __forceinline__ void raw_load(const float* p, Raw8<float>& r) {
 }
 __device__ __forceinline__ void raw_load(const f16_t* p, Raw8<f16_t>& r) { r.a = *reinterpret_cast<const uint4*>(p); }
 __device__ __forceinline__ void raw_load(const bf16_t* p, Raw8<bf16_t>& r) { r.a = *reinterpret_cast<const uint4*>(p); }
+// Streaming variant for data read exactly once per kernel (weights): the read-only path without
+// allocating in L1, so L1 keeps what is reused (the activations).
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ void raw_load_stream(const float* p, Raw8<float>& r) { r.a = ld_stream16(p); r.b = ld_stream16(p + 4); }
+__device__ __forceinline__ void raw_load_stream(const f16_t* p, Raw8<f16_t>& r) { r.a = ld_stream16(p); }
+__device__ __forceinline__ void raw_load_stream(const bf16_t* p, Raw8<bf16_t>& r) { r.a = ld_stream16(p); }
 __device__ __forceinline__ void raw_cvt(const Raw8<float>& r, float (&o)[8]) {
     o[0] = __uint_as_float(r.a.x); o[1] = __uint_as_float(r.a.y);
     o[2] = __uint_as_float(r.a.z); o[3] = __uint_as_float(r.a.w);

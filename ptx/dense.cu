@@ -10,9 +10,16 @@
 //   silu_mul:   out = gate / (1 + exp(-gate)) * up              grid-stride
 //   add_assign: x += y                                          grid-stride
 //   matmul:     out[n, m] = x[n, k] . w[m, k]^T  (PyTorch linear layout)
-//     - gemv (n <= 8, decode): one warp per weight row j, 16-byte loads of w along k, all n rows
-//       of x reused from L1, so each weight byte is read once at full bandwidth.
-//                                                               grid (ceil(m / 8)), block 256
+//     - gemv (n <= 8, decode; k % 8 == 0): a block of 32 * KS threads owns R consecutive
+//       weight rows; its KS warps split k, each lane taking chunks of 8 weights (16 bytes of
+//       f16/bf16) and issuing the loads of U chunks x R rows before any arithmetic, so enough
+//       bytes are in flight to stream the weights at copy bandwidth (the loads bypass L1, which
+//       keeps x there). Each x chunk is loaded once and reused over the R rows; warp sums, then
+//       the KS partials meet in shared memory. Variants by the rows of x (N = 1, 2, 4, 8):
+//       (R, U, KS) = (2, 4, 8), (2, 4, 8), (4, 2, 4), (8, 1, 4), tuned on the H100
+//       (docs/kernels.md). Several matrices that share x (q/k/v, gate/up) go in one launch: the
+//       grid is the concatenation of their row blocks (GemvBatch).   grid (sum ceil(m_i / R)), block 32 KS
+//     - gemv_any (n <= 8, any k): one warp per weight row, scalar tail.   grid (ceil(m / 8)), block 256
 //     - gemm (n > 8, prefill): 64x64 output tiles, k in steps of 16 staged in shared memory as
 //       f32, each thread 4x4 outputs.                           grid (ceil(m/64), ceil(n/64)), block 256
 // Layout: no paged data here; see quest-kernels/src/layout.rs for the cache.
@@ -37,9 +44,9 @@ __device__ void rms_norm(const float* x, const W* w, float* out, int dim, float 
     for (int c = threadIdx.x; c < dim; c += blockDim.x) orow[c] = xr[c] * inv * to_f32(w[c]);
 }
 
-// n <= 8 rows of x. Warp per weight row; lanes stride k by 8 elements (16 bytes of f16/bf16).
+// n <= 8 rows of x, any k. Warp per weight row; lanes stride k by 8 elements.
 template <typename W>
-__device__ void gemv(const float* x, const W* w, float* out, int n, int k, int m) {
+__device__ void gemv_any(const float* x, const W* w, float* out, int n, int k, int m) {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= m) return;
     const W* wr = w + (size_t)warp * k;
@@ -72,6 +79,90 @@ __device__ void gemv(const float* x, const W* w, float* out, int n, int k, int m
     for (int r = 0; r < 8; ++r) {
         float s = warp_sum(acc[r]);
         if (r < n && lane == 0) out[(size_t)r * m + warp] = s;
+    }
+}
+
+// Up to 4 matrices sharing x, launched as one grid: matrix i owns blocks [first[i], first[i+1]).
+#define GEMV_MAX_MATS 4
+struct GemvBatch {
+    unsigned long long w[GEMV_MAX_MATS];    // const W*, rows of k
+    unsigned long long out[GEMV_MAX_MATS];  // float*, [n, m_i]
+    int m[GEMV_MAX_MATS];
+    int first[GEMV_MAX_MATS + 1];           // first block of each matrix; first[count] = grid
+    int count, n, k;
+};
+
+template <typename W, int N, int R, int U, int KS>
+__device__ void gemv(const float* x, const GemvBatch& p) {
+    __shared__ float red[KS][N * R];
+    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    // The block's matrix, with static indices only (a dynamic index into the parameter struct
+    // would copy it to local memory).
+    unsigned long long wa = p.w[0], oa = p.out[0];
+    int m = p.m[0], first = p.first[0];
+#pragma unroll
+    for (int i = 1; i < GEMV_MAX_MATS; ++i)
+        if (i < p.count && (int)blockIdx.x >= p.first[i]) {
+            wa = p.w[i]; oa = p.out[i]; m = p.m[i]; first = p.first[i];
+        }
+    const W* w = reinterpret_cast<const W*>(wa);
+    float* out = reinterpret_cast<float*>(oa);
+    const int k = p.k, n = p.n;
+    const int row0 = ((int)blockIdx.x - first) * R;
+    const W* wrow[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) wrow[r] = w + (size_t)min(row0 + r, m - 1) * k;
+    float acc[N][R];
+#pragma unroll
+    for (int a = 0; a < N; ++a)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[a][r] = 0.f;
+    const int chunks = k >> 3, stride = 32 * KS;
+    for (int base = wp * 32 + lane; base < chunks; base += stride * U) {
+        Raw8<W> wr[U][R];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int ch = base + u * stride;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (ch < chunks) raw_load_stream(wrow[r] + (size_t)ch * 8, wr[u][r]);
+                else wr[u][r] = Raw8<W>{};
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int ch = base + u * stride;
+            if (ch >= chunks) break;
+            float xs[N][8];
+#pragma unroll
+            for (int a = 0; a < N; ++a)
+                if (a < n) load8(x + (size_t)a * k + (size_t)ch * 8, xs[a]);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                float wf[8];
+                raw_cvt(wr[u][r], wf);
+#pragma unroll
+                for (int a = 0; a < N; ++a)
+                    if (a < n)
+#pragma unroll
+                        for (int i = 0; i < 8; ++i) acc[a][r] = fmaf(xs[a][i], wf[i], acc[a][r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < N; ++a)
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            float s = warp_sum(acc[a][r]);
+            if (lane == 0) red[wp][a * R + r] = s;
+        }
+    __syncthreads();
+    for (int e = threadIdx.x; e < N * R; e += 32 * KS) {
+        const int a = e / R, r = e % R;
+        float s = 0.f;
+#pragma unroll
+        for (int q = 0; q < KS; ++q) s += red[q][e];
+        if (a < n && row0 + r < m) out[(size_t)a * m + row0 + r] = s;
     }
 }
 
@@ -124,8 +215,20 @@ __device__ void gemm(const float* x, const W* w, float* out, int n, int k, int m
     extern "C" __global__ void rms_norm_##S(const float* x, const W* w, float* o, int d, float e) { \
         rms_norm<W>(x, w, o, d, e);                                                               \
     }                                                                                             \
-    extern "C" __global__ void gemv_##S(const float* x, const W* w, float* o, int n, int k, int m) { \
-        gemv<W>(x, w, o, n, k, m);                                                                \
+    extern "C" __global__ void gemv_any_##S(const float* x, const W* w, float* o, int n, int k, int m) { \
+        gemv_any<W>(x, w, o, n, k, m);                                                            \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) gemv1_##S(const float* x, GemvBatch p) {  \
+        gemv<W, 1, 2, 4, 8>(x, p);                                                                \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(256) gemv2_##S(const float* x, GemvBatch p) {  \
+        gemv<W, 2, 2, 4, 8>(x, p);                                                                \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) gemv4_##S(const float* x, GemvBatch p) {  \
+        gemv<W, 4, 4, 2, 4>(x, p);                                                                \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) gemv8_##S(const float* x, GemvBatch p) {  \
+        gemv<W, 8, 8, 1, 4>(x, p);                                                                \
     }                                                                                             \
     extern "C" __global__ void gemm_##S(const float* x, const W* w, float* o, int n, int k, int m) { \
         gemm<W>(x, w, o, n, k, m);                                                                \

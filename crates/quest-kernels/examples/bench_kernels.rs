@@ -1,18 +1,20 @@
 //! Kernel benchmark on the CUDA backend: paged decode (dense), Quest's estimate, top-k and sparse
 //! decode, and the whole Quest step, at head_dim 128, page 16, 32 query heads with 32 and 8 KV
-//! heads, batch 1, contexts 4K–128K, budgets 256–4096.
+//! heads, batch 1, contexts 4K–128K, budgets 256–4096; and the decode GEMVs of the 7B/8B layers
+//! (rows `gemv_*`: the `context` column holds the weight rows m, `budget` the columns k).
 //!
 //! `cargo run --release -p quest-kernels --example bench_kernels -- [out.json]`
 //!
-//! Method: CUDA events around each run; before each run a 512 MiB memset keeps the GPU busy while
-//! the host queues the op (so host-side launch time is not measured) and evicts L2; every input
+//! Method: CUDA events around each run; before each run a 512 MiB read (an argmax over it) keeps
+//! the GPU busy while the host queues the op (so host-side launch time is not measured) and
+//! evicts L2, leaving it full of clean lines as a decode step's weight reads do (a memset would
+//! leave 50 MB of dirty lines whose write-back the next op pays); every input
 //! (KV pool, bounds, tables) exists in 3 copies, rotated between runs; 5 warm-up runs, then the
 //! median of 25. Bandwidth = the bytes the op must move (each input read once, outputs written
 //! once) / time; "% copy" compares with a device-to-device copy measured in the same run.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cudarc::driver::CudaSlice;
 use quest_kernels::{
     AttentionShape, Backend, CudaBackend, CudaBuf, DevicePageTable, PageTable, PagedLayout,
     TableRows, f16,
@@ -24,12 +26,15 @@ const RUNS: usize = 25;
 const HQ: usize = 32;
 const D: usize = 128;
 const PS: usize = 16;
+/// The L2 flush reads 512 MiB of f32 as rows of this many values.
+const FLUSH_ROW: usize = 32768;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 struct Timer<'a> {
     be: &'a CudaBackend,
-    flush: CudaSlice<u8>,
+    flush: CudaBuf<f32>,
+    flush_out: CudaBuf<u32>,
 }
 
 impl Timer<'_> {
@@ -38,7 +43,8 @@ impl Timer<'_> {
         let ctx = self.be.context();
         let mut samples = Vec::new();
         for i in 0..WARMUP + RUNS {
-            self.be.stream().memset_zeros(&mut self.flush)?;
+            self.be
+                .argmax(&self.flush, FLUSH_ROW, &mut self.flush_out)?;
             let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
             let (a, b) = (ctx.new_event(timing)?, ctx.new_event(timing)?);
             a.record(self.be.stream())?;
@@ -79,6 +85,12 @@ fn random_f16(be: &CudaBackend, len: usize, seed: u64) -> Res<CudaBuf<f16>> {
     Ok(buf)
 }
 
+fn random_f32(be: &CudaBackend, len: usize) -> Res<CudaBuf<f32>> {
+    let mut buf = be.zeros::<f32>(len)?;
+    be.fill_random(&mut buf, 0xf1u64, 1.0)?;
+    Ok(buf)
+}
+
 struct Row {
     op: String,
     hkv: usize,
@@ -93,8 +105,13 @@ fn main() -> Res<()> {
         .nth(1)
         .unwrap_or_else(|| "bench_kernels.json".into());
     let be = CudaBackend::new(0)?;
-    let flush = be.stream().alloc_zeros::<u8>(512 << 20)?;
-    let mut timer = Timer { be: &be, flush };
+    let flush = random_f32(&be, 128 << 20)?;
+    let flush_out = be.zeros::<u32>((128 << 20) / FLUSH_ROW)?;
+    let mut timer = Timer {
+        be: &be,
+        flush,
+        flush_out,
+    };
 
     // Copy bandwidth: 1 GiB device-to-device, bytes read + written.
     let src = be.stream().alloc_zeros::<u8>(1 << 30)?;
@@ -251,8 +268,55 @@ fn main() -> Res<()> {
         }
     }
 
+    // Decode GEMVs of the Llama-2-7B and Llama-3-8B layers (f16 weights, x of 1 and 8 rows),
+    // the matrices sharing x launched together as the model does (`matmul_many`).
+    let gemvs: [(&str, &[usize], usize); 8] = [
+        ("7b_qkv", &[4096, 4096, 4096], 4096),
+        ("7b_o", &[4096], 4096),
+        ("7b_gate_up", &[11008, 11008], 4096),
+        ("7b_down", &[4096], 11008),
+        ("8b_qkv", &[4096, 1024, 1024], 4096),
+        ("8b_gate_up", &[14336, 14336], 4096),
+        ("8b_down", &[4096], 14336),
+        ("8b_lm_head", &[128256], 4096),
+    ];
+    for (name, ms, k) in gemvs {
+        let ws: Vec<Vec<CudaBuf<f16>>> = (0..COPIES)
+            .map(|c| {
+                ms.iter()
+                    .map(|&m| {
+                        let mut w = be.zeros::<f16>(m * k)?;
+                        be.fill_random(&mut w, 100 + c as u64, 0.02)?;
+                        Ok(w)
+                    })
+                    .collect::<Res<Vec<_>>>()
+            })
+            .collect::<Res<_>>()?;
+        for n in [1usize, 8] {
+            let x = random_f32(&be, n * k)?;
+            let mut outs: Vec<CudaBuf<f32>> = ms
+                .iter()
+                .map(|&m| be.zeros::<f32>(n * m))
+                .collect::<Result<_, _>>()?;
+            let us = timer.time(|c| {
+                let wrefs: Vec<&CudaBuf<f16>> = ws[c].iter().collect();
+                let mut orefs: Vec<&mut CudaBuf<f32>> = outs.iter_mut().collect();
+                Ok(be.matmul_many(&x, &wrefs, n, k, &mut orefs)?)
+            })?;
+            let m_total: usize = ms.iter().sum();
+            rows.push(Row {
+                op: format!("gemv_{name}_n{n}"),
+                hkv: 0,
+                context: m_total,
+                budget: k,
+                us,
+                bytes: (m_total * k * 2 + n * k * 4 + n * m_total * 4) as f64,
+            });
+        }
+    }
+
     println!(
-        "\n{:<14} {:>4} {:>4} {:>7} {:>6} {:>10} {:>8} {:>7}",
+        "\n{:<20} {:>4} {:>4} {:>7} {:>6} {:>10} {:>8} {:>7}",
         "op", "hq", "hkv", "context", "budget", "time_us", "GB/s", "%copy"
     );
     let mut json = String::from("{\n");
@@ -267,7 +331,7 @@ fn main() -> Res<()> {
     for (i, r) in rows.iter().enumerate() {
         let gbs = r.bytes / r.us / 1e3;
         println!(
-            "{:<14} {:>4} {:>4} {:>7} {:>6} {:>10.1} {:>8.0} {:>6.1}%",
+            "{:<20} {:>4} {:>4} {:>7} {:>6} {:>10.1} {:>8.0} {:>6.1}%",
             r.op,
             HQ,
             r.hkv,

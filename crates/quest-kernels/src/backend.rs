@@ -168,6 +168,25 @@ pub trait Backend: Clone + Send + Sync + 'static {
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// Several linear layers of the same input: `outs[i][n, m_i] = x[n, k] · ws[i][m_i, k]^T`
+    /// with `m_i = ws[i].len() / k` (Llama's q/k/v and gate/up projections). The result is that
+    /// of calling [`Backend::matmul`] for each; a backend may read all the weights in one launch.
+    fn matmul_many<W: Half>(
+        &self,
+        x: &Self::Buf<f32>,
+        ws: &[&Self::Buf<W>],
+        n: usize,
+        k: usize,
+        outs: &mut [&mut Self::Buf<f32>],
+    ) -> Result<()> {
+        check_matmul_many(ws.iter().map(|w| self.buf_len(*w)), outs.len(), k)?;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            let m = self.buf_len(*w) / k;
+            self.matmul(x, w, n, k, m, out)?;
+        }
+        Ok(())
+    }
+
     /// Rotary embedding in place on `x[n, heads, head_dim]` (Hugging Face's rotate-half pairing:
     /// channel `i` with `i + head_dim/2`), angle `positions[t] * inv_freq[i]` for row `t`.
     /// `inv_freq` has `head_dim / 2` entries, see [`crate::rope`].
@@ -303,4 +322,30 @@ pub trait Backend: Clone + Send + Sync + 'static {
         qo_indptr: &[i32],
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
+}
+
+/// Checks `matmul_many`'s list: as many outputs as weights, each weight whole rows of `k`.
+pub(crate) fn check_matmul_many(
+    weight_lens: impl Iterator<Item = usize>,
+    outs: usize,
+    k: usize,
+) -> Result<()> {
+    const OP: &str = "matmul_many";
+    let mut count = 0;
+    for (i, len) in weight_lens.enumerate() {
+        count += 1;
+        if k == 0 || len % k != 0 {
+            return Err(crate::error::shape_err(
+                OP,
+                format!("weight {i} of {len} elements is not rows of k = {k}"),
+            ));
+        }
+    }
+    if count != outs {
+        return Err(crate::error::shape_err(
+            OP,
+            format!("{count} weights but {outs} outputs"),
+        ));
+    }
+    Ok(())
 }

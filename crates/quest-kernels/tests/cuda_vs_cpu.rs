@@ -117,6 +117,10 @@ fn dense_ops<T: Half>(g: &CudaBackend, seed: u64) {
         (17, 200, 70),
         (70, 13, 33),
         (2, 13, 9),
+        (2, 1024, 33),
+        (4, 512, 13),
+        (5, 256, 7),
+        (8, 4096, 19),
     ] {
         let x = uniform(&mut r, n * k, -1.0, 1.0);
         let w = uniform_half::<T>(&mut r, m * k);
@@ -133,6 +137,58 @@ fn dense_ops<T: Half>(g: &CudaBackend, seed: u64) {
             m,
             tol,
         );
+    }
+}
+
+/// `matmul_many` (q/k/v, gate/up in one launch) against one CPU matmul per matrix: every GEMV
+/// variant (1, 2, 4 and 8 rows of x), row counts that are not multiples of a block's rows, and
+/// more matrices than one launch takes (5: the fallback).
+fn matmul_many_case<T: Half>(g: &CudaBackend, seed: u64) {
+    let c = &CpuBackend;
+    let mut r = rng(seed);
+    for &(n, k, count) in &[
+        (1usize, 512usize, 3usize),
+        (2, 256, 2),
+        (3, 1024, 3),
+        (8, 128, 4),
+        (1, 64, 5),
+    ] {
+        let x = uniform(&mut r, n * k, -1.0, 1.0);
+        let ms: Vec<usize> = (0..count)
+            .map(|i| 5 + 7 * i + (seed as usize % 3))
+            .collect();
+        let ws: Vec<Vec<T>> = ms
+            .iter()
+            .map(|&m| uniform_half::<T>(&mut r, m * k))
+            .collect();
+        let wg: Vec<_> = ws.iter().map(|w| up(g, w)).collect();
+        let mut outs: Vec<_> = ms.iter().map(|&m| up(g, &poison(n * m))).collect();
+        {
+            let wrefs: Vec<_> = wg.iter().collect();
+            let mut orefs: Vec<_> = outs.iter_mut().collect();
+            g.matmul_many(&up(g, &x), &wrefs, n, k, &mut orefs).unwrap();
+        }
+        for (i, (&m, w)) in ms.iter().zip(&ws).enumerate() {
+            let mut want = poison(n * m);
+            c.matmul(&x, w, n, k, m, &mut want).unwrap();
+            check_close(
+                &format!("matmul_many n={n} k={k} matrix {i} of {count}"),
+                &down(g, &outs[i]),
+                &want,
+                m,
+                TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_many_matches_cpu() {
+    let Some(g) = cuda() else { return };
+    for seed in 0..3 {
+        matmul_many_case::<f16>(g, seed);
+        matmul_many_case::<bf16>(g, seed + 10);
+        matmul_many_case::<f32>(g, seed + 20);
     }
 }
 

@@ -194,6 +194,29 @@ fn dense_errors<B: Backend>(b: &B) {
         &["out has 9", "expected 8"],
     );
 
+    // matmul_many: weights must be whole rows of k, one output per weight, outputs [n, m_i]
+    expect_err(
+        b.matmul_many(
+            &f(&[1.0; 6]),
+            &[&w, &up(b, &[f16::ONE; 7])],
+            2,
+            3,
+            &mut [&mut f(&[0.0; 8]), &mut f(&[0.0; 4])],
+        ),
+        "matmul_many",
+        &["weight 1 of 7", "rows of k = 3"],
+    );
+    expect_err(
+        b.matmul_many(&f(&[1.0; 6]), &[&w, &w], 2, 3, &mut [&mut f(&[0.0; 8])]),
+        "matmul_many",
+        &["2 weights but 1 outputs"],
+    );
+    expect_err(
+        b.matmul_many(&f(&[1.0; 6]), &[&w], 2, 3, &mut [&mut f(&[0.0; 7])]),
+        "matmul",
+        &["out has 7", "expected 8"],
+    );
+
     // rope: x [2 tokens, 1 head, 4]
     let inv = f(&[1.0, 0.01]);
     let pos = up(b, &[0i32, 5]);

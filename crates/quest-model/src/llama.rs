@@ -248,11 +248,16 @@ impl<B: Backend, W: Half> Llama<B, W> {
         let c = &self.config;
         let n = plan.num_tokens();
         let (hidden, hd) = (c.hidden_size, c.head_dim());
-        let (q_dim, kv_dim) = (c.num_attention_heads * hd, c.num_kv_heads() * hd);
+        let q_dim = c.num_attention_heads * hd;
         b.rms_norm(&s.x, &w.attn_norm, c.rms_norm_eps, &mut s.h)?;
-        b.matmul(&s.h, &w.wq, n, hidden, q_dim, &mut s.q)?;
-        b.matmul(&s.h, &w.wk, n, hidden, kv_dim, &mut s.k)?;
-        b.matmul(&s.h, &w.wv, n, hidden, kv_dim, &mut s.v)?;
+        // q, k and v in one pass over the three weights (one launch when decoding).
+        b.matmul_many(
+            &s.h,
+            &[&w.wq, &w.wk, &w.wv],
+            n,
+            hidden,
+            &mut [&mut s.q, &mut s.k, &mut s.v],
+        )?;
         b.rope(&mut s.q, plan.positions_device(), &self.inv_freq, hd)?;
         b.rope(&mut s.k, plan.positions_device(), &self.inv_freq, hd)?;
         cache.write_kv(layer, plan, &s.k, &s.v)?;
@@ -317,8 +322,13 @@ impl<B: Backend, W: Half> Llama<B, W> {
         let c = &self.config;
         let (hidden, inter) = (c.hidden_size, c.intermediate_size);
         b.rms_norm(&s.x, &w.ffn_norm, c.rms_norm_eps, &mut s.h)?;
-        b.matmul(&s.h, &w.w_gate, n, hidden, inter, &mut s.gate)?;
-        b.matmul(&s.h, &w.w_up, n, hidden, inter, &mut s.up)?;
+        b.matmul_many(
+            &s.h,
+            &[&w.w_gate, &w.w_up],
+            n,
+            hidden,
+            &mut [&mut s.gate, &mut s.up],
+        )?;
         b.silu_mul(&s.gate, &s.up, &mut s.act)?;
         b.matmul(&s.act, &w.w_down, n, inter, hidden, &mut s.proj)?;
         Ok(())

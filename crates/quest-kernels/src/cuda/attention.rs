@@ -14,7 +14,11 @@ use crate::error::{Result, expect_len, shape_err};
 use crate::layout::TableRows;
 
 const THREADS: u32 = 128;
-const TOKENS_PER_STEP_PER_TEAM: usize = 4;
+const TOKENS_PER_STEP_PER_TEAM: usize = 2; // ATT_U in ptx/attention.cuh
+/// Rows up to this many tokens give every query head its own block (GB = 1): for short rows
+/// (Quest's selections) parallelism beats reading a KV page once per group (L2 catches most
+/// re-reads). Measured on the H100, docs/kernels.md.
+const SHORT_ROW_TOKENS: usize = 8192;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -37,9 +41,9 @@ struct AttnParams {
 unsafe impl DeviceRepr for AttnParams {}
 
 /// Query heads per block: the smallest instantiated chunk holding the GQA group (8 at most),
-/// or 1 when every query head has its own row.
-fn heads_per_block(rows: TableRows, group: usize) -> usize {
-    if rows == TableRows::PerQoHead {
+/// or 1 when every query head has its own row or the rows are short.
+fn heads_per_block(rows: TableRows, group: usize, max_len: usize) -> usize {
+    if rows == TableRows::PerQoHead || max_len <= SHORT_ROW_TOKENS {
         return 1;
     }
     [1, 2, 4, 8].into_iter().find(|&g| g >= group).unwrap_or(8)
@@ -68,7 +72,7 @@ fn launch<T: Half>(
     let layout = &shape.layout;
     let (hq, hkv, d) = (shape.num_qo_heads, layout.num_kv_heads, layout.head_dim);
     let group = shape.group_size();
-    let gb = heads_per_block(l.rows, group);
+    let gb = heads_per_block(l.rows, group, l.max_len);
     let group_chunks = group.div_ceil(gb);
     let chunks = if l.rows == TableRows::PerQoHead {
         hq

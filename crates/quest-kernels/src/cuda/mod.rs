@@ -490,6 +490,17 @@ impl Backend for CudaBackend {
         dense::matmul(self, x, w, n, k, m, out)
     }
 
+    fn matmul_many<W: Half>(
+        &self,
+        x: &CudaBuf<f32>,
+        ws: &[&CudaBuf<W>],
+        n: usize,
+        k: usize,
+        outs: &mut [&mut CudaBuf<f32>],
+    ) -> Result<()> {
+        dense::matmul_many(self, x, ws, n, k, outs)
+    }
+
     fn rope(
         &self,
         x: &mut CudaBuf<f32>,
