@@ -4,9 +4,11 @@
 // or f32, converted to f32 before any arithmetic):
 //   embedding:  out[i, :] = table[tokens[i], :]                  grid (n), block 256
 //   rms_norm:   out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w   grid (rows), block 256
+//   add_rms_norm: x += y, then rms_norm(x) into out (the residual add ending one sub-layer and the
+//               norm starting the next, one launch)                  grid (rows), block 256
 //   rope:       rotate-half pairs (c, c + d/2) of every head by positions[t] * inv_freq[c], the
 //               angle in f32 and cosf/sinf (full-precision, not the fast intrinsics), as the CPU
-//               does.                                           grid-stride over (t, head, c)
+//               does; queries and keys in one launch.            grid-stride over (t, head, c)
 //   silu_mul:   out = gate / (1 + exp(-gate)) * up              grid-stride
 //   add_assign: x += y                                          grid-stride
 //   matmul:     out[n, m] = x[n, k] . w[m, k]^T  (PyTorch linear layout)
@@ -39,6 +41,24 @@ __device__ void rms_norm(const float* x, const W* w, float* out, int dim, float 
     float* orow = out + (size_t)blockIdx.x * dim;
     float ss = 0.f;
     for (int c = threadIdx.x; c < dim; c += blockDim.x) ss += xr[c] * xr[c];
+    ss = block_sum(ss, red);
+    float inv = 1.f / sqrtf(ss / (float)dim + eps);
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) orow[c] = xr[c] * inv * to_f32(w[c]);
+}
+
+// x[i, :] += y[i, :], then out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w (one row a block).
+template <typename W>
+__device__ void add_rms_norm(float* x, const float* y, const W* w, float* out, int dim, float eps) {
+    __shared__ float red[32];
+    float* xr = x + (size_t)blockIdx.x * dim;
+    const float* yr = y + (size_t)blockIdx.x * dim;
+    float* orow = out + (size_t)blockIdx.x * dim;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+        float v = xr[c] + yr[c];
+        xr[c] = v;
+        ss += v * v;
+    }
     ss = block_sum(ss, red);
     float inv = 1.f / sqrtf(ss / (float)dim + eps);
     for (int c = threadIdx.x; c < dim; c += blockDim.x) orow[c] = xr[c] * inv * to_f32(w[c]);
@@ -215,6 +235,10 @@ __device__ void gemm(const float* x, const W* w, float* out, int n, int k, int m
     extern "C" __global__ void rms_norm_##S(const float* x, const W* w, float* o, int d, float e) { \
         rms_norm<W>(x, w, o, d, e);                                                               \
     }                                                                                             \
+    extern "C" __global__ void add_rms_norm_##S(float* x, const float* y, const W* w, float* o,    \
+                                                 int d, float e) {                                 \
+        add_rms_norm<W>(x, y, w, o, d, e);                                                        \
+    }                                                                                             \
     extern "C" __global__ void gemv_any_##S(const float* x, const W* w, float* o, int n, int k, int m) { \
         gemv_any<W>(x, w, o, n, k, m);                                                            \
     }                                                                                             \
@@ -237,20 +261,23 @@ DENSE_INSTANCES(f16_t, f16)
 DENSE_INSTANCES(bf16_t, bf16)
 DENSE_INSTANCES(float, f32)
 
-// x[n, row] with row = heads * head_dim; one thread per (t, head, c < head_dim / 2).
-extern "C" __global__ void rope(float* x, const int* positions, const float* inv_freq, long long n,
-                                int row, int head_dim) {
+// x[n, row_x] and y[n, row_y] (queries and keys of the same tokens; row = heads * head_dim,
+// row_y = 0 for one tensor): one thread per (t, head, c < head_dim / 2) of x, then of y.
+extern "C" __global__ void rope(float* x, float* y, const int* positions, const float* inv_freq,
+                                long long n, int row_x, int row_y, int head_dim) {
     int half = head_dim / 2;
-    long long pairs_per_row = row / 2;
-    long long total = n * pairs_per_row;
+    long long px = row_x / 2, py = row_y / 2, per_token = px + py;
+    long long total = n * per_token;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
-        long long t = e / pairs_per_row;
-        int rem = (int)(e % pairs_per_row);
+        long long t = e / per_token;
+        int rem = (int)(e % per_token);
+        float* base = x + t * row_x;
+        if (rem >= px) { base = y + t * row_y; rem -= (int)px; }
         int head = rem / half, c = rem % half;
         float angle = (float)positions[t] * inv_freq[c];
         float cs = cosf(angle), sn = sinf(angle);
-        float* h = x + t * row + (size_t)head * head_dim;
+        float* h = base + (size_t)head * head_dim;
         float x0 = h[c], x1 = h[c + half];
         h[c] = x0 * cs - x1 * sn;
         h[c + half] = x1 * cs + x0 * sn;

@@ -168,6 +168,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// `x += y`, then `out = rms_norm(x) * weight` with the same rounding as
+    /// [`Backend::add_assign`] followed by [`Backend::rms_norm`] (a backend may do both in one
+    /// pass: the residual add that ends one sub-layer and the norm that starts the next).
+    fn add_rms_norm<W: Half>(
+        &self,
+        x: &mut Self::Buf<f32>,
+        y: &Self::Buf<f32>,
+        weight: &Self::Buf<W>,
+        eps: f32,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()> {
+        self.add_assign(x, y)?;
+        self.rms_norm(x, weight, eps, out)
+    }
+
     /// Several linear layers of the same input: `outs[i][n, m_i] = x[n, k] · ws[i][m_i, k]^T`
     /// with `m_i = ws[i].len() / k` (Llama's q/k/v and gate/up projections). The result is that
     /// of calling [`Backend::matmul`] for each; a backend may read all the weights in one launch.
@@ -197,6 +212,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
         inv_freq: &Self::Buf<f32>,
         head_dim: usize,
     ) -> Result<()>;
+
+    /// [`Backend::rope`] on the queries and the keys of the same tokens (one launch where the
+    /// backend can).
+    fn rope_qk(
+        &self,
+        q: &mut Self::Buf<f32>,
+        k: &mut Self::Buf<f32>,
+        positions: &Self::Buf<i32>,
+        inv_freq: &Self::Buf<f32>,
+        head_dim: usize,
+    ) -> Result<()> {
+        self.rope(q, positions, inv_freq, head_dim)?;
+        self.rope(k, positions, inv_freq, head_dim)
+    }
 
     /// `out = silu(gate) * up`, element-wise.
     fn silu_mul(

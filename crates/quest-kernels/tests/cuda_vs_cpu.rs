@@ -108,6 +108,15 @@ fn dense_ops<T: Half>(g: &CudaBackend, seed: u64) {
     g.rms_norm(&up(g, &x), &up(g, &w), 1e-5, &mut out_g)
         .unwrap();
     check_close("rms_norm", &down(g, &out_g), &out_c, hidden, TOL);
+    // Residual add + norm in one launch against the CPU's add_assign then rms_norm.
+    let y = uniform(&mut r, n * hidden, -2.0, 2.0);
+    let (mut xc, mut out_c) = (x.clone(), poison(n * hidden));
+    c.add_rms_norm(&mut xc, &y, &w, 1e-5, &mut out_c).unwrap();
+    let (mut xg, mut out_g) = (up(g, &x), up(g, &poison(n * hidden)));
+    g.add_rms_norm(&mut xg, &up(g, &y), &up(g, &w), 1e-5, &mut out_g)
+        .unwrap();
+    assert_eq!(down(g, &xg), xc, "add_rms_norm: x + y is exact in f32");
+    check_close("add_rms_norm", &down(g, &out_g), &out_c, hidden, TOL);
 
     for &(n, k, m) in &[
         (1, 64, 40),
@@ -227,6 +236,16 @@ fn elementwise_rope_and_sampling_match_cpu() {
         g.rope(&mut xg, &up(g, &pos), &up(g, &inv), hd).unwrap();
         // Angles up to 1e5 rad: f32 cos/sin of the same f32 angle agree to a few ulp.
         check_close("rope", &down(g, &xg), &xc, hd, 1e-5);
+        // Queries and keys (GQA: fewer key heads) in one launch, against two CPU ropes.
+        let kv_heads = r.random_range(1..=heads);
+        let k = uniform(&mut r, n * kv_heads * hd, -2.0, 2.0);
+        let (mut qc, mut kc) = (x.clone(), k.clone());
+        c.rope_qk(&mut qc, &mut kc, &pos, &inv, hd).unwrap();
+        let (mut qg, mut kg) = (up(g, &x), up(g, &k));
+        g.rope_qk(&mut qg, &mut kg, &up(g, &pos), &up(g, &inv), hd)
+            .unwrap();
+        check_close("rope_qk q", &down(g, &qg), &qc, hd, 1e-5);
+        check_close("rope_qk k", &down(g, &kg), &kc, hd, 1e-5);
 
         let len = r.random_range(1..5000usize);
         let (a, b) = (

@@ -249,7 +249,7 @@ impl<B: Backend, W: Half> Llama<B, W> {
         let n = plan.num_tokens();
         let (hidden, hd) = (c.hidden_size, c.head_dim());
         let q_dim = c.num_attention_heads * hd;
-        b.rms_norm(&s.x, &w.attn_norm, c.rms_norm_eps, &mut s.h)?;
+        // s.h = attn_norm(x), left there by the previous sub-layer's residual add (forward).
         // q, k and v in one pass over the three weights (one launch when decoding).
         b.matmul_many(
             &s.h,
@@ -258,8 +258,13 @@ impl<B: Backend, W: Half> Llama<B, W> {
             hidden,
             &mut [&mut s.q, &mut s.k, &mut s.v],
         )?;
-        b.rope(&mut s.q, plan.positions_device(), &self.inv_freq, hd)?;
-        b.rope(&mut s.k, plan.positions_device(), &self.inv_freq, hd)?;
+        b.rope_qk(
+            &mut s.q,
+            &mut s.k,
+            plan.positions_device(),
+            &self.inv_freq,
+            hd,
+        )?;
         cache.write_kv(layer, plan, &s.k, &s.v)?;
 
         let shape = self.attention_shape(cache);
@@ -316,12 +321,12 @@ impl<B: Backend, W: Half> Llama<B, W> {
 
     // ---- MLP ------------------------------------------------------------------------------------
 
-    /// `s.proj = (silu(h @ Wg) * (h @ Wu)) @ Wd` with `h = rms_norm(s.x)`.
+    /// `s.proj = (silu(h @ Wg) * (h @ Wu)) @ Wd` with `h = s.h = ffn_norm(s.x)`.
     fn mlp(&self, w: &LayerWeights<B, W>, s: &mut Scratch<B>, n: usize) -> Result<()> {
         let b = &self.backend;
         let c = &self.config;
         let (hidden, inter) = (c.hidden_size, c.intermediate_size);
-        b.rms_norm(&s.x, &w.ffn_norm, c.rms_norm_eps, &mut s.h)?;
+        // s.h = ffn_norm(x), left there by the attention's residual add (forward).
         b.matmul_many(
             &s.h,
             &[&w.w_gate, &w.w_up],
@@ -421,29 +426,39 @@ impl<B: Backend, W: Half> Llama<B, W> {
 
         b.write(&mut s.tokens, 0, &tokens)?;
         b.embedding(&self.weights.embed, hidden, &s.tokens, &mut s.x)?;
-        for (layer, w) in self.weights.layers.iter().enumerate() {
+        let eps = c.rms_norm_eps;
+        let layers = &self.weights.layers;
+        if let Some(first) = layers.first() {
+            b.rms_norm(&s.x, &first.attn_norm, eps, &mut s.h)?;
+        } else {
+            b.rms_norm(&s.x, &self.weights.norm, eps, &mut s.h)?;
+        }
+        // Each residual add also normalises x for what comes next (one launch for both): the
+        // MLP's norm after attention, the next layer's attention norm (or the final norm) after
+        // the MLP. So s.h always holds the input of the next sub-layer.
+        for (layer, w) in layers.iter().enumerate() {
             self.attention(layer, w, &mut s, cache, &plan, policy, decode, &mut stats)?;
-            b.add_assign(&mut s.x, &s.proj)?;
+            b.add_rms_norm(&mut s.x, &s.proj, &w.ffn_norm, eps, &mut s.h)?;
             self.mlp(w, &mut s, n)?;
-            b.add_assign(&mut s.x, &s.proj)?;
+            let next_norm = layers
+                .get(layer + 1)
+                .map_or(&self.weights.norm, |next| &next.attn_norm);
+            b.add_rms_norm(&mut s.x, &s.proj, next_norm, eps, &mut s.h)?;
         }
 
-        // Only each sequence's last token needs logits. In a decode step that is every row;
-        // otherwise gather those rows first.
+        // s.h = norm(x). Only each sequence's last token needs logits. In a decode step that is
+        // every row; otherwise gather those rows first.
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         let mut logits = b.zeros(rows * c.vocab_size)?;
         if n == rows {
-            b.rms_norm(&s.x, &self.weights.norm, c.rms_norm_eps, &mut s.h)?;
             b.matmul(&s.h, head, rows, hidden, c.vocab_size, &mut logits)?;
         } else {
             let last: Vec<u32> = plan.qo_indptr()[1..]
                 .iter()
                 .map(|&e| e as u32 - 1)
                 .collect();
-            b.embedding(&s.x, hidden, &b.upload(&last)?, &mut s.x_last)?;
-            let mut h_last = b.zeros(rows * hidden)?;
-            b.rms_norm(&s.x_last, &self.weights.norm, c.rms_norm_eps, &mut h_last)?;
-            b.matmul(&h_last, head, rows, hidden, c.vocab_size, &mut logits)?;
+            b.embedding(&s.h, hidden, &b.upload(&last)?, &mut s.x_last)?;
+            b.matmul(&s.x_last, head, rows, hidden, c.vocab_size, &mut logits)?;
         }
         if self.reuse_workspace.load(Ordering::Relaxed) {
             *self.workspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);

@@ -95,6 +95,44 @@ pub(super) fn rms_norm<W: Half>(
     Ok(())
 }
 
+pub(super) fn add_rms_norm<W: Half>(
+    be: &CudaBackend,
+    x: &mut CudaBuf<f32>,
+    y: &CudaBuf<f32>,
+    weight: &CudaBuf<W>,
+    eps: f32,
+    out: &mut CudaBuf<f32>,
+) -> Result<()> {
+    // The checks (and messages) of the two ops it fuses.
+    expect_len("add_assign", "y", y.len(), x.len())?;
+    let dim = weight.len();
+    if dim == 0 || x.len() % dim != 0 {
+        return Err(shape_err(
+            "rms_norm",
+            format!("x of {} elements is not rows of {dim}", x.len()),
+        ));
+    }
+    expect_len("rms_norm", "out", out.len(), x.len())?;
+    const OP: &str = "add_rms_norm";
+    let rows = x.len() / dim;
+    if rows == 0 {
+        return Ok(());
+    }
+    let f = be.func(
+        OP,
+        Family::Dense,
+        &format!("add_rms_norm_{}", suffix::<W>(OP)?),
+    )?;
+    let d = as_i32(OP, "dim", dim)?;
+    let (xp, yp, wp, op) = (x.touched(), y.ptr(), weight.ptr(), out.touched());
+    let mut b = be.stream().launch_builder(&f);
+    b.arg(&xp).arg(&yp).arg(&wp).arg(&op).arg(&d).arg(&eps);
+    // SAFETY: matches `add_rms_norm_*(float*, const float*, const W*, float*, int, float)`; x, y
+    // and out hold `rows` rows of `dim`, weight holds `dim`.
+    unsafe { b.launch(cfg((rows as u32, 1, 1), 256)) }.map_err(|e| cuda_err(OP, e))?;
+    Ok(())
+}
+
 /// Rows of x up to which the GEMV kernels (weights streamed once) are used.
 const GEMV_MAX_ROWS: usize = 8;
 /// Matrices one GEMV launch can take (`GEMV_MAX_MATS` in ptx/dense.cu).
@@ -242,9 +280,25 @@ pub(super) fn matmul_many<W: Half>(
     gemv_batch::<W>(be, x.ptr(), &mats, n, k)
 }
 
+/// Checks one RoPE operand: whole heads of `head_dim` in each of the `n` rows; returns the row.
+fn rope_row(op: &'static str, x: &CudaBuf<f32>, n: usize, head_dim: usize) -> Result<usize> {
+    if x.is_empty() || x.len() % (n * head_dim) != 0 {
+        return Err(shape_err(
+            op,
+            format!(
+                "x of {} elements is not {n} rows of whole heads of {head_dim}",
+                x.len()
+            ),
+        ));
+    }
+    Ok(x.len() / n)
+}
+
+/// RoPE on `x` and, when given, `y` (the keys of the same tokens) in one launch.
 pub(super) fn rope(
     be: &CudaBackend,
     x: &mut CudaBuf<f32>,
+    mut y: Option<&mut CudaBuf<f32>>,
     positions: &CudaBuf<i32>,
     inv_freq: &CudaBuf<f32>,
     head_dim: usize,
@@ -259,34 +313,43 @@ pub(super) fn rope(
     expect_len(OP, "inv_freq", inv_freq.len(), head_dim / 2)?;
     let n = positions.len();
     if n == 0 {
-        return expect_len(OP, "x", x.len(), 0);
+        expect_len(OP, "x", x.len(), 0)?;
+        return match y {
+            Some(y) => expect_len(OP, "x", y.len(), 0),
+            None => Ok(()),
+        };
     }
-    if x.is_empty() || x.len() % (n * head_dim) != 0 {
-        return Err(shape_err(
-            OP,
-            format!(
-                "x of {} elements is not {n} rows of whole heads of {head_dim}",
-                x.len()
-            ),
-        ));
-    }
+    let row_x = rope_row(OP, x, n, head_dim)?;
+    let row_y = match y.as_deref() {
+        Some(y) => rope_row(OP, y, n, head_dim)?,
+        None => 0,
+    };
     if let Some(&pos) = be.host_ints(positions)?.iter().find(|&&p| p < 0) {
         return Err(index_err(OP, format!("negative position {pos}")));
     }
-    let row = x.len() / n;
     let f = be.func(OP, Family::Dense, "rope")?;
-    let (nn, ri, hd) = (
+    let (nn, rx, ry, hd) = (
         n as i64,
-        as_i32(OP, "row", row)?,
+        as_i32(OP, "row", row_x)?,
+        as_i32(OP, "row", row_y)?,
         as_i32(OP, "head_dim", head_dim)?,
     );
+    let yp = y.as_deref_mut().map(|y| y.touched()).unwrap_or(0);
     let (xp, pp, fp) = (x.touched(), positions.ptr(), inv_freq.ptr());
     let mut b = be.stream().launch_builder(&f);
-    b.arg(&xp).arg(&pp).arg(&fp).arg(&nn).arg(&ri).arg(&hd);
-    // SAFETY: matches `rope(float*, const int*, const float*, long long, int, int)`; x holds n
-    // rows of `row`, positions n entries, inv_freq head_dim / 2.
-    unsafe { b.launch(cfg((elementwise_grid(x.len() / 2), 1, 1), 256)) }
-        .map_err(|e| cuda_err(OP, e))?;
+    b.arg(&xp)
+        .arg(&yp)
+        .arg(&pp)
+        .arg(&fp)
+        .arg(&nn)
+        .arg(&rx)
+        .arg(&ry)
+        .arg(&hd);
+    let pairs = n * (row_x + row_y) / 2;
+    // SAFETY: matches `rope(float* x, float* y, const int*, const float*, long long n, int row_x,
+    // int row_y, int head_dim)`; x holds n rows of row_x, y (null when row_y = 0) n rows of
+    // row_y, positions n entries, inv_freq head_dim / 2.
+    unsafe { b.launch(cfg((elementwise_grid(pairs), 1, 1), 256)) }.map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
 

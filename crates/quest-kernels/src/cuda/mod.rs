@@ -508,7 +508,29 @@ impl Backend for CudaBackend {
         inv_freq: &CudaBuf<f32>,
         head_dim: usize,
     ) -> Result<()> {
-        dense::rope(self, x, positions, inv_freq, head_dim)
+        dense::rope(self, x, None, positions, inv_freq, head_dim)
+    }
+
+    fn rope_qk(
+        &self,
+        q: &mut CudaBuf<f32>,
+        k: &mut CudaBuf<f32>,
+        positions: &CudaBuf<i32>,
+        inv_freq: &CudaBuf<f32>,
+        head_dim: usize,
+    ) -> Result<()> {
+        dense::rope(self, q, Some(k), positions, inv_freq, head_dim)
+    }
+
+    fn add_rms_norm<W: Half>(
+        &self,
+        x: &mut CudaBuf<f32>,
+        y: &CudaBuf<f32>,
+        weight: &CudaBuf<W>,
+        eps: f32,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        dense::add_rms_norm(self, x, y, weight, eps, out)
     }
 
     fn silu_mul(
