@@ -298,7 +298,7 @@ fn rope_row(op: &'static str, x: &CudaBuf<f32>, n: usize, head_dim: usize) -> Re
 pub(super) fn rope(
     be: &CudaBackend,
     x: &mut CudaBuf<f32>,
-    mut y: Option<&mut CudaBuf<f32>>,
+    y: Option<&mut CudaBuf<f32>>,
     positions: &CudaBuf<i32>,
     inv_freq: &CudaBuf<f32>,
     head_dim: usize,
@@ -334,7 +334,7 @@ pub(super) fn rope(
         as_i32(OP, "row", row_y)?,
         as_i32(OP, "head_dim", head_dim)?,
     );
-    let yp = y.as_deref_mut().map(|y| y.touched()).unwrap_or(0);
+    let yp = y.map(|y| y.touched()).unwrap_or(0);
     let (xp, pp, fp) = (x.touched(), positions.ptr(), inv_freq.ptr());
     let mut b = be.stream().launch_builder(&f);
     b.arg(&xp)
