@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod fetch;
 mod generate;
+mod ppl;
 mod progress;
 
 use std::path::PathBuf;
