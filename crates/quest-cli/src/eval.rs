@@ -191,10 +191,13 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
         let prompts = passkey_prompts(&tok, length, args.keys, args.seed)?;
         let real_len = prompts.iter().map(|p| p.tokens.len()).sum::<usize>() / prompts.len();
         for &(p, budget) in &grid {
-            let (mut policy, page_size) =
-                make_policy::<B, W>(p, budget.unwrap_or(0), &args.policy)?;
             let mut answers = Vec::new();
             for chunk in prompts.chunks(args.batch) {
+                // A fresh policy per batch: each batch runs on a new cache whose sequence ids
+                // start again at 0, and H2O/TOVA key their state by sequence id (a reused policy
+                // would carry one batch's kept tokens into the next, or index past its cache).
+                let (mut policy, page_size) =
+                    make_policy::<B, W>(p, budget.unwrap_or(0), &args.policy)?;
                 answers.extend(run_passkey(
                     &model,
                     &tok,
