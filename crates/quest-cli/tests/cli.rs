@@ -206,3 +206,82 @@ fn device_cuda_without_a_gpu_is_one_clear_error() {
         assert_clean_failure(&o, 1, "CUDA is not available");
     }
 }
+
+const PROSE: &str = "The morning was grey and still. Down by the harbour the fishing boats rocked \
+gently at their moorings, and the gulls walked up and down the wet stones looking for scraps. \
+An old man sat on an upturned crate mending a net, his fingers moving quickly over the knots.";
+
+#[test]
+fn eval_ppl_refuses_a_missing_a_non_utf8_and_a_short_text() {
+    let dir = std::env::temp_dir().join(format!("quest-cli-ppl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = |text: &std::path::Path, model: &str| {
+        quest(&[
+            "eval",
+            "ppl",
+            "--model",
+            model,
+            "--text",
+            text.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ])
+    };
+    // Both are caught before the model is read.
+    let o = args(&dir.join("missing.txt"), "/nonexistent/model");
+    assert_clean_failure(&o, 1, "missing.txt");
+    let latin1 = dir.join("latin1.txt");
+    std::fs::write(&latin1, b"caf\xe9").unwrap();
+    let o = args(&latin1, "/nonexistent/model");
+    assert_clean_failure(&o, 1, "not UTF-8");
+    let short = dir.join("short.txt");
+    std::fs::write(&short, PROSE).unwrap();
+    let o = args(&short, &require_model());
+    assert_clean_failure(&o, 1, "4 window(s) of 4096 tokens need 16384");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn eval_ppl_of_quest_with_a_covering_budget_equals_dense() {
+    let model = require_model();
+    let dir = std::env::temp_dir().join(format!("quest-cli-ppl-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("prose.txt");
+    std::fs::write(&text, PROSE).unwrap();
+    let json = dir.join("ppl.json");
+    let o = quest(&[
+        "eval",
+        "ppl",
+        "--model",
+        &model,
+        "--text",
+        text.to_str().unwrap(),
+        "--length",
+        "16",
+        "--windows",
+        "2",
+        "--budget",
+        "64",
+        "--policy",
+        "dense,quest",
+        "--device",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("| quest |"), "{stdout}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = doc["results"].as_array().unwrap();
+    assert_eq!(r.len(), 2);
+    let ppl = |i: usize| r[i]["ppl"].as_f64().unwrap();
+    assert_eq!(r[0]["policy"], "dense");
+    assert_eq!(r[1]["policy"], "quest");
+    assert_eq!(r[0]["predicted_tokens"], 30);
+    assert_eq!(ppl(0), ppl(1), "a budget covering the windows is dense");
+    // SmolLM2 on plain English prose: finite and far below a uniform guess over 49152 tokens.
+    assert!(ppl(0) > 1.0 && ppl(0) < 1000.0, "{}", ppl(0));
+    std::fs::remove_dir_all(&dir).ok();
+}

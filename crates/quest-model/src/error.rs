@@ -40,6 +40,17 @@ pub enum ModelError {
         seq: quest_kvcache::SeqId,
         source: quest_kvcache::CacheError,
     },
+    #[error("{path}: not UTF-8 text (invalid byte at offset {offset})")]
+    NotUtf8 { path: PathBuf, offset: usize },
+    #[error(
+        "the text has {tokens} tokens; {windows} window(s) of {length} tokens need {}",
+        .windows * .length
+    )]
+    TextTooShort {
+        tokens: usize,
+        length: usize,
+        windows: usize,
+    },
     #[error("invalid argument: {0}")]
     Argument(String),
     #[error(transparent)]

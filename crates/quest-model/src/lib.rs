@@ -11,6 +11,7 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod policy;
+pub mod ppl;
 pub mod synthetic;
 pub mod tokenizer;
 
@@ -22,5 +23,6 @@ pub use eval::{PasskeyAnswer, PasskeyPrompt, passkey_prompts, run_passkey};
 pub use generate::{GenerateObserver, GenerateParams, GenerateStats, Generation, generate};
 pub use llama::{Forward, Llama, ReadStats, Weights};
 pub use policy::{Dense, KvPolicy, Quest, QuestConfig, Selection};
+pub use ppl::{Perplexity, PplOptions, read_text, run_ppl, text_windows};
 pub use synthetic::Shape;
 pub use tokenizer::{TextStream, Tokenizer};
