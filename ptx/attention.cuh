@@ -208,10 +208,12 @@ __device__ void merge_splits_impl(const float* part_o, const float* part_lse, fl
     size_t qh = blockIdx.x;
     const float* lse = part_lse + qh * splits;
     float M = -INFINITY;
+#pragma unroll 8
     for (int s = 0; s < splits; ++s) M = fmaxf(M, lse[s]);
     for (int ch = threadIdx.x; ch < d; ch += blockDim.x) {
         float num = 0.f, den = 0.f;
         if (M != -INFINITY) {
+#pragma unroll 8
             for (int s = 0; s < splits; ++s) {
                 float w = exp2f(lse[s] - M);
                 den += w;

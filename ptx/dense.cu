@@ -3,9 +3,9 @@
 // Math, per kernel (activations f32 row-major; weights/embeddings in storage type W = f16, bf16
 // or f32, converted to f32 before any arithmetic):
 //   embedding:  out[i, :] = table[tokens[i], :]                  grid (n), block 256
-//   rms_norm:   out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w   grid (rows), block 256
+//   rms_norm:   out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * w   grid (rows), block 1024
 //   add_rms_norm: x += y, then rms_norm(x) into out (the residual add ending one sub-layer and the
-//               norm starting the next, one launch)                  grid (rows), block 256
+//               norm starting the next, one launch)                  grid (rows), block 1024
 //   rope:       rotate-half pairs (c, c + d/2) of every head by positions[t] * inv_freq[c], the
 //               angle in f32 and cosf/sinf (full-precision, not the fast intrinsics), as the CPU
 //               does; queries and keys in one launch.            grid-stride over (t, head, c)

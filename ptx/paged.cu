@@ -3,10 +3,13 @@
 // [num_pages, 2, page_size, num_kv_heads, head_dim], bounds [num_pages, 2, num_kv_heads, head_dim]).
 //
 // append_kv:     kv[page, 0|1, off, :, :] = round(k|v[t, :, :]) for slot = page * page_size + off.
-//                grid (n tokens), block 256 over the token width (num_kv_heads * head_dim).
+//                grid (n tokens, ceil(width / 256)), one thread per channel of the token width
+//                (num_kv_heads * head_dim): a decode step's single token still spreads over
+//                many SMs instead of one block looping over the width.
 // update_bounds: bounds[p, 0, :, :] = max over the first page_lens[i] keys of page p, [p, 1] the
 //                min, per channel; exact (the max of stored values is a stored value).
-//                grid (n pages), block 256 over the token width.
+//                grid (n pages, ceil(width / 256)), one thread per channel, the page's keys
+//                loaded with the loop unrolled so the loads are in flight together.
 // Slots, pages and lengths are validated on the host before launch; the kernels still skip
 // anything out of range so a bad index can never touch memory outside the buffers.
 #include "common.cuh"
@@ -20,7 +23,7 @@ __device__ void append_kv(T* kv, const float* k, const float* v, const int* slot
     long long page = slot / page_size, off = slot % page_size;
     T* kdst = kv + ((page * 2 + 0) * page_size + off) * width;
     T* vdst = kv + ((page * 2 + 1) * page_size + off) * width;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < width; c += gridDim.y * blockDim.x) {
         kdst[c] = from_f32<T>(k[(size_t)t * width + c]);
         vdst[c] = from_f32<T>(v[(size_t)t * width + c]);
     }
@@ -32,8 +35,9 @@ __device__ void update_bounds(const T* kv, T* bounds, const int* pages, const in
     int p = pages[blockIdx.x], len = lens[blockIdx.x];
     if (p < 0 || p >= num_pages || len < 1 || len > page_size) return;
     const T* keys = kv + (size_t)p * 2 * page_size * width;
-    for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < width; c += gridDim.y * blockDim.x) {
         float hi = -INFINITY, lo = INFINITY;
+#pragma unroll 8
         for (int s = 0; s < len; ++s) {
             float x = to_f32(keys[(size_t)s * width + c]);
             hi = fmaxf(hi, x);

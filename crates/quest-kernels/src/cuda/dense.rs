@@ -91,7 +91,7 @@ pub(super) fn rms_norm<W: Half>(
     b.arg(&xp).arg(&wp).arg(&op).arg(&d).arg(&eps);
     // SAFETY: matches `rms_norm_*(const float*, const W*, float*, int, float)`; x and out hold
     // `rows` rows of `dim`, weight holds `dim`.
-    unsafe { b.launch(cfg((rows as u32, 1, 1), 256)) }.map_err(|e| cuda_err(OP, e))?;
+    unsafe { b.launch(cfg((rows as u32, 1, 1), NORM_THREADS)) }.map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
 
@@ -129,9 +129,13 @@ pub(super) fn add_rms_norm<W: Half>(
     b.arg(&xp).arg(&yp).arg(&wp).arg(&op).arg(&d).arg(&eps);
     // SAFETY: matches `add_rms_norm_*(float*, const float*, const W*, float*, int, float)`; x, y
     // and out hold `rows` rows of `dim`, weight holds `dim`.
-    unsafe { b.launch(cfg((rows as u32, 1, 1), 256)) }.map_err(|e| cuda_err(OP, e))?;
+    unsafe { b.launch(cfg((rows as u32, 1, 1), NORM_THREADS)) }.map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
+
+/// Threads of a norm block (one row each): decode has one row per sequence, so a row's
+/// elements are spread over many threads (few loads each) rather than looped over by few.
+const NORM_THREADS: u32 = 1024;
 
 /// Rows of x up to which the GEMV kernels (weights streamed once) are used.
 const GEMV_MAX_ROWS: usize = 8;

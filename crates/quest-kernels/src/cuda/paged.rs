@@ -8,9 +8,10 @@ use crate::dtype::Half;
 use crate::error::{Result, arg_err, expect_len, index_err};
 use crate::layout::PagedLayout;
 
-fn block_cfg(grid: usize) -> LaunchConfig {
+/// `rows` blocks along x, each row's token width spread over blocks of 256 channels along y.
+fn block_cfg(rows: usize, width: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (grid as u32, 1, 1),
+        grid_dim: (rows as u32, width.div_ceil(256).clamp(1, 65535) as u32, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -65,7 +66,8 @@ pub(super) fn append_kv<T: Half>(
         .arg(&cap);
     // SAFETY: matches `append_kv_*(T*, const float*, const float*, const int*, int, int, long
     // long)`; every slot is inside the cache (checked above, and again in the kernel).
-    unsafe { b.launch(block_cfg(slots.len())) }.map_err(|e| cuda_err(OP, e))?;
+    unsafe { b.launch(block_cfg(slots.len(), layout.token_width())) }
+        .map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
 
@@ -118,6 +120,7 @@ pub(super) fn update_bounds<T: Half>(
         .arg(&np);
     // SAFETY: matches `update_bounds_*(const T*, T*, const int*, const int*, int, int, int)`;
     // pages and lengths were checked above (and are re-checked in the kernel).
-    unsafe { b.launch(block_cfg(pages.len())) }.map_err(|e| cuda_err(OP, e))?;
+    unsafe { b.launch(block_cfg(pages.len(), layout.token_width())) }
+        .map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
