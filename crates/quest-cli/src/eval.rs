@@ -13,7 +13,7 @@ use quest_model::{
 };
 use serde_json::json;
 
-use crate::generate::Device;
+use crate::generate::{BoundsArg, Device};
 use crate::progress;
 
 #[derive(Subcommand, Debug)]
@@ -89,6 +89,9 @@ pub struct PasskeyArgs {
     /// quest-sink*: pages kept before the last one.
     #[arg(long, default_value_t = 2)]
     pub recent_pages: usize,
+    /// quest*: how the page bounds are stored.
+    #[arg(long, value_enum, default_value_t = BoundsArg::F16)]
+    pub bounds: BoundsArg,
     /// Prompts run together in one batch.
     #[arg(long, default_value_t = 20)]
     pub batch: usize,
@@ -152,6 +155,7 @@ fn make_policy<B: Backend, W: Half>(
                 },
                 sink_pages: if sink { args.sink_pages } else { 0 },
                 recent_pages: if sink { args.recent_pages } else { 0 },
+                bounds: args.bounds.format(),
             })?;
             (Box::new(q), args.page_size)
         }
@@ -217,6 +221,7 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
         "page_size": args.page_size,
         "tail": args.tail,
         "skip_layers": args.skip_layers,
+        "bounds": args.bounds.name(),
         "seconds": started.elapsed().as_secs_f64(),
         "results": results,
     });
