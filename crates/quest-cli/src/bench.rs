@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use quest_kernels::{Backend, CpuBackend, CudaBackend, CudaTimer, TableRows, f16};
+use quest_kernels::{Backend, BoundsFormat, CpuBackend, CudaBackend, CudaTimer, TableRows, f16};
 use quest_kvcache::{KvCache, SeqId};
 use quest_model::synthetic::decode_weight_bytes;
 use quest_model::{Dense, KvPolicy, Llama, Quest, QuestConfig, ReadStats, Shape, Weights};
 use serde::Serialize;
 
-use crate::generate::Device;
+use crate::generate::{BoundsArg, Device};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -74,6 +74,10 @@ pub struct DecodeArgs {
     pub skip_layers: usize,
     #[arg(long, value_enum, default_value_t = RowsArg::PerQoHead)]
     pub rows: RowsArg,
+    /// Quest: page-bound formats, comma-separated (one Quest row per budget and format; rows
+    /// with 8-bit bounds are named `quest+int8`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f16")]
+    pub bounds: Vec<BoundsArg>,
     /// Also time every row with activation buffers allocated afresh in each step (the
     /// behaviour before the workspace was reused).
     #[arg(long)]
@@ -221,9 +225,16 @@ fn run_on<B: Backend>(
         for &batch in &args.batch {
             // The cache holds the context plus one page per sequence for the step's new token.
             let pages = batch * (context.div_ceil(args.page_size) + 1);
-            let mut cache = match KvCache::<B, f16>::new(
+            // Bounds in the first Quest format; a row with another one converts the cache
+            // during its warm-up steps.
+            let format = match (args.policy.contains(&PolicyArg::Quest), args.bounds.first()) {
+                (true, Some(b)) => b.format(),
+                _ => BoundsFormat::Full,
+            };
+            let mut cache = match KvCache::<B, f16>::with_bounds(
                 backend,
                 model.cache_config(pages, args.page_size),
+                format,
             ) {
                 Ok(c) => c,
                 Err(e) => {
@@ -245,7 +256,11 @@ fn run_on<B: Backend>(
                 match p {
                     PolicyArg::Dense => configs.push(("dense".into(), None, Box::new(Dense))),
                     PolicyArg::Quest => {
-                        for &budget in &args.budget {
+                        for (&budget, &bounds) in args
+                            .budget
+                            .iter()
+                            .flat_map(|b| args.bounds.iter().map(move |f| (b, f)))
+                        {
                             let q = Quest::<B>::new(QuestConfig {
                                 budget,
                                 skip_layers: args.skip_layers,
@@ -255,8 +270,13 @@ fn run_on<B: Backend>(
                                 },
                                 sink_pages: 0,
                                 recent_pages: 0,
+                                bounds: bounds.format(),
                             })?;
-                            configs.push(("quest".into(), Some(budget), Box::new(q)));
+                            let name = match bounds {
+                                BoundsArg::F16 => "quest",
+                                BoundsArg::Int8 => "quest+int8",
+                            };
+                            configs.push((name.into(), Some(budget), Box::new(q)));
                         }
                     }
                 }
@@ -297,7 +317,7 @@ fn run_on<B: Backend>(
             device: backend.name(),
             copy_bandwidth_bytes_per_s: copy_bw,
             command: std::env::args().collect::<Vec<_>>().join(" "),
-            kv_fill: "K/V pages written with Backend::fill_random (uniform in ±1, f16), bounds by update_bounds; no prefill",
+            kv_fill: "K/V pages written with Backend::fill_random (uniform in ±1, f16), bounds by update_bounds (update_bounds_int8 for quest+int8 rows); no prefill",
             rows,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

@@ -14,7 +14,7 @@ use quest_model::{
 };
 use serde_json::json;
 
-use crate::generate::Device;
+use crate::generate::{BoundsArg, Device};
 use crate::progress;
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +110,9 @@ pub struct PolicyArgs {
     /// quest-sink*: pages kept before the last one.
     #[arg(long, default_value_t = 2)]
     pub recent_pages: usize,
+    /// quest*: how the page bounds are stored.
+    #[arg(long, value_enum, default_value_t = BoundsArg::F16)]
+    pub bounds: BoundsArg,
 }
 
 pub fn run(cmd: EvalCommand, quiet: bool) -> Result<()> {
@@ -167,6 +170,7 @@ pub fn make_policy<B: Backend, W: Half>(
                 },
                 sink_pages: if sink { args.sink_pages } else { 0 },
                 recent_pages: if sink { args.recent_pages } else { 0 },
+                bounds: args.bounds.format(),
             })?;
             (Box::new(q), args.page_size)
         }
@@ -236,6 +240,7 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
         "page_size": args.policy.page_size,
         "tail": args.tail,
         "skip_layers": args.policy.skip_layers,
+        "bounds": args.policy.bounds.name(),
         "seconds": started.elapsed().as_secs_f64(),
         "results": results,
     });

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use quest_kernels::{Backend, CpuBackend, CudaBackend, Half, SamplingParams, TableRows, f16};
+use quest_kernels::{
+    Backend, BoundsFormat, CpuBackend, CudaBackend, Half, SamplingParams, TableRows, f16,
+};
 use quest_kvcache::KvCache;
 use quest_model::{
     Dense, GenerateObserver, GenerateParams, KvPolicy, Llama, Quest, QuestConfig, TextStream,
@@ -43,6 +45,33 @@ impl GenerateObserver for Printer<'_> {
 pub enum PolicyKind {
     Dense,
     Quest,
+}
+
+/// How Quest's page bounds are stored (`--bounds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BoundsArg {
+    /// Max and min keys in f16, the KV's type: exact.
+    #[value(alias = "full")]
+    F16,
+    /// 8-bit codes rounded outward plus a base and step per page and KV head: about half the
+    /// bytes for the estimate to read; scores stay upper bounds, slightly looser.
+    Int8,
+}
+
+impl BoundsArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            BoundsArg::F16 => "f16",
+            BoundsArg::Int8 => "int8",
+        }
+    }
+
+    pub fn format(self) -> BoundsFormat {
+        match self {
+            BoundsArg::F16 => BoundsFormat::Full,
+            BoundsArg::Int8 => BoundsFormat::Int8,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,6 +120,9 @@ pub struct GenerateArgs {
     /// Quest: the first layers that stay dense.
     #[arg(long, default_value_t = 2)]
     pub skip_layers: usize,
+    /// Quest: how the page bounds are stored.
+    #[arg(long, value_enum, default_value_t = BoundsArg::F16)]
+    pub bounds: BoundsArg,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// 0 is greedy.
@@ -167,7 +199,12 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
         );
     }
     let pages = (prompt.len() + args.max_new_tokens).div_ceil(args.page_size) + 1;
-    let mut cache = KvCache::<B, W>::new(backend, model.cache_config(pages, args.page_size))?;
+    let bounds = match args.policy {
+        PolicyKind::Dense => BoundsFormat::Full,
+        PolicyKind::Quest => args.bounds.format(),
+    };
+    let config = model.cache_config(pages, args.page_size);
+    let mut cache = KvCache::<B, W>::with_bounds(backend, config, bounds)?;
     let mut policy: Box<dyn KvPolicy<B, W>> = match args.policy {
         PolicyKind::Dense => Box::new(Dense),
         PolicyKind::Quest => Box::new(Quest::<B>::new(QuestConfig {
@@ -180,6 +217,7 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
             },
             sink_pages: args.sink_pages,
             recent_pages: args.recent_pages,
+            bounds,
         })?),
     };
     let params = GenerateParams {

@@ -116,6 +116,50 @@ fn quest_with_a_small_budget_reads_less_than_dense() {
     assert!(pct < 50.0, "Quest read {pct}% of dense: {err}");
 }
 
+/// `--bounds int8` reads `2·64 + 16` bound bytes a page and KV head where f16 reads `2·64·2`.
+#[test]
+fn int8_bounds_read_about_half_the_bound_bytes() {
+    let model = require_model();
+    let prompt = "The grass is green. The sky is blue. The sun is yellow. ".repeat(12);
+    let bound_mib = |bounds: &str| -> f64 {
+        let o = quest(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            &prompt,
+            "--budget",
+            "32",
+            "--bounds",
+            bounds,
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+        ]);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            err.contains(&format!(
+                "bounds={}",
+                if bounds == "f16" { "full" } else { bounds }
+            )),
+            "{err}"
+        );
+        err.split(" MiB of bounds")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no bounds MiB in: {err}"))
+    };
+    let (full, int8) = (bound_mib("f16"), bound_mib("int8"));
+    let ratio = int8 / full;
+    assert!(
+        (ratio - 144.0 / 256.0).abs() < 0.03,
+        "int8 {int8} MiB, f16 {full} MiB"
+    );
+}
+
 #[test]
 fn bad_arguments_exit_with_usage_errors() {
     let o = quest(&[

@@ -1,7 +1,10 @@
 //! Kernel benchmark on the CUDA backend: paged decode (dense), Quest's estimate, top-k and sparse
 //! decode, and the whole Quest step, at head_dim 128, page 16, 32 query heads with 32 and 8 KV
-//! heads, batch 1, contexts 4K–128K, budgets 256–4096; and the decode GEMVs of the 7B/8B layers
-//! (rows `gemv_*`: the `context` column holds the weight rows m, `budget` the columns k).
+//! heads, batch 1, contexts 4K–128K, budgets 256–4096; plus the estimate over 8-bit bounds
+//! (`estimate_int8`, every context) and the Quest step with it (`quest_step_int8`, 32K/2048 and
+//! 128K/4096), its bounds encoded by `update_bounds_int8` from the benchmark's random keys; and
+//! the decode GEMVs of the 7B/8B layers (rows `gemv_*`: the `context` column holds the weight
+//! rows m, `budget` the columns k).
 //!
 //! `cargo run --release -p quest-kernels --example bench_kernels -- [out.json]`
 //!
@@ -16,8 +19,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use quest_kernels::{
-    AttentionShape, Backend, CudaBackend, CudaBuf, DevicePageTable, PageTable, PagedLayout,
-    TableRows, f16,
+    AttentionShape, Backend, BoundsFormat, CudaBackend, CudaBuf, DevicePageTable, PageTable,
+    PagedLayout, TableRows, f16,
 };
 
 const COPIES: usize = 3;
@@ -28,6 +31,8 @@ const D: usize = 128;
 const PS: usize = 16;
 /// The L2 flush reads 512 MiB of f32 as rows of this many values.
 const FLUSH_ROW: usize = 32768;
+/// (context, budget) of the Quest-step rows with 8-bit bounds.
+const INT8_STEPS: [(usize, usize); 2] = [(32768, 2048), (131072, 4096)];
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -142,11 +147,24 @@ fn main() -> Res<()> {
         };
         let kv = random_f16(&be, layout.kv_len(), 1 + hkv as u64)?;
         let bounds = random_f16(&be, layout.bounds_len(), 7 + hkv as u64)?;
+        // 8-bit bounds of every page of the pool, encoded from its (random) keys.
+        let mut codes = be.zeros::<u8>(layout.bounds_len())?;
+        let mut params = be.zeros::<f32>(layout.int8_params_len())?;
+        let all: Vec<i32> = (0..layout.num_pages as i32).collect();
+        be.update_bounds_int8(
+            &kv,
+            &mut codes,
+            &mut params,
+            &layout,
+            &be.upload(&all)?,
+            &be.upload(&vec![PS as i32; all.len()])?,
+        )?;
         let qs: Vec<CudaBuf<f32>> = (0..COPIES)
             .map(|c| be.upload(&vec![0.01 * (c + 1) as f32; HQ * D]))
             .collect::<Result<_, _>>()?;
         let mut out = be.zeros::<f32>(HQ * D)?;
         let (kv_tok_bytes, bound_page_bytes) = ((2 * hkv * D * 2) as f64, (2 * hkv * D * 2) as f64);
+        let int8_page_bytes = (hkv * BoundsFormat::Int8.bytes_per_page_head(D, 2)) as f64;
         for &ctx in &contexts {
             let n = ctx / PS;
             let tables: Vec<DevicePageTable<CudaBackend>> = (0..COPIES)
@@ -189,6 +207,24 @@ fn main() -> Res<()> {
                 budget: 0,
                 us,
                 bytes: n as f64 * bound_page_bytes + (HQ * n * 4) as f64,
+            });
+            let us = timer.time(|c| {
+                Ok(be.estimate_pages_int8(
+                    &qs[c],
+                    &codes,
+                    &params,
+                    &shape,
+                    &tables[c],
+                    &mut scores[c],
+                )?)
+            })?;
+            rows.push(Row {
+                op: "estimate_int8".into(),
+                hkv,
+                context: ctx,
+                budget: 0,
+                us,
+                bytes: n as f64 * int8_page_bytes + (HQ * n * 4) as f64,
             });
             for &budget in &budgets {
                 if budget >= ctx {
@@ -263,6 +299,44 @@ fn main() -> Res<()> {
                     budget,
                     us,
                     bytes: step_bytes,
+                });
+                if !INT8_STEPS.contains(&(ctx, budget)) {
+                    continue;
+                }
+                let us = timer.time(|c| {
+                    be.estimate_pages_int8(
+                        &qs[c],
+                        &codes,
+                        &params,
+                        &shape,
+                        &tables[c],
+                        &mut scores[c],
+                    )?;
+                    be.select_top_pages(
+                        &scores[c],
+                        &shape,
+                        &tables[c],
+                        bp,
+                        TableRows::PerKvHead,
+                        &mut sels[c],
+                    )?;
+                    be.decode_attention(
+                        &qs[c],
+                        &kv,
+                        &shape,
+                        &sels[c],
+                        TableRows::PerKvHead,
+                        &mut out,
+                    )?;
+                    Ok(())
+                })?;
+                rows.push(Row {
+                    op: "quest_step_int8".into(),
+                    hkv,
+                    context: ctx,
+                    budget,
+                    us,
+                    bytes: n as f64 * int8_page_bytes + sparse_bytes,
                 });
             }
         }

@@ -277,6 +277,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
         page_lens: &Self::Buf<i32>,
     ) -> Result<()>;
 
+    /// [`update_bounds`](Backend::update_bounds) for 8-bit bounds
+    /// ([`crate::BoundsFormat::Int8`]): for each listed page, the max and min of its first
+    /// `page_lens[i]` keys per KV head and channel, encoded outward by [`crate::quant`] into
+    /// `codes` (`[num_pages, 2, num_kv_heads, head_dim]`) and `params` (`[num_pages,
+    /// num_kv_heads, 4]`). Always from the stored keys, never from older codes, so the bound
+    /// holds after any number of appends.
+    fn update_bounds_int8<T: Half>(
+        &self,
+        kv: &Self::Buf<T>,
+        codes: &mut Self::Buf<u8>,
+        params: &mut Self::Buf<f32>,
+        layout: &PagedLayout,
+        pages: &Self::Buf<i32>,
+        page_lens: &Self::Buf<i32>,
+    ) -> Result<()>;
+
     // ---- Quest selection ----------------------------------------------------------------------
 
     /// Criticality of every page of a per-sequence table for every query head:
@@ -287,6 +303,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
         &self,
         q: &Self::Buf<f32>,
         bounds: &Self::Buf<T>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        scores: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// [`estimate_pages`](Backend::estimate_pages) over 8-bit bounds: the same score with
+    /// `max[p, g, i]` and `min[p, g, i]` replaced by their dequantized codes
+    /// ([`crate::quant::dequant`]), so never below the score of the exact bounds (up to f32
+    /// summation order) and still an upper bound of every key's `q·k`.
+    fn estimate_pages_int8(
+        &self,
+        q: &Self::Buf<f32>,
+        codes: &Self::Buf<u8>,
+        params: &Self::Buf<f32>,
         shape: &AttentionShape,
         table: &DevicePageTable<Self>,
         scores: &mut Self::Buf<f32>,

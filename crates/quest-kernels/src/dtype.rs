@@ -10,11 +10,14 @@ pub enum DType {
     Bf16,
     I32,
     U32,
+    /// Unsigned bytes: the codes of 8-bit page bounds ([`crate::layout::BoundsFormat::Int8`]).
+    U8,
 }
 
 impl DType {
     pub fn size_in_bytes(self) -> usize {
         match self {
+            DType::U8 => 1,
             DType::F16 | DType::Bf16 => 2,
             DType::F32 | DType::I32 | DType::U32 => 4,
         }
@@ -27,6 +30,7 @@ impl DType {
             DType::Bf16 => "bf16",
             DType::I32 => "i32",
             DType::U32 => "u32",
+            DType::U8 => "u8",
         }
     }
 }
@@ -56,6 +60,9 @@ impl Elem for i32 {
 }
 impl Elem for u32 {
     const DTYPE: DType = DType::U32;
+}
+impl Elem for u8 {
+    const DTYPE: DType = DType::U8;
 }
 
 /// A storage type for weights and KV pages (f16 or bf16; f32 too, for tests and references).

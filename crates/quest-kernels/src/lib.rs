@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod quant;
 pub mod rope;
 
 pub use backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
@@ -19,5 +20,5 @@ pub use cuda::{CudaBackend, CudaBuf, CudaTimer};
 pub use dtype::{DType, Elem, Half};
 pub use error::{KernelError, Result};
 pub use half::{bf16, f16};
-pub use layout::{PageTable, PagedLayout, TableRows};
+pub use layout::{BoundsFormat, PageTable, PagedLayout, TableRows};
 pub use rope::{Llama3Scaling, RopeConfig};

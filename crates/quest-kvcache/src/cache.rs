@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use quest_kernels::{Backend, DevicePageTable, Half, PageTable, PagedLayout};
+use quest_kernels::{
+    AttentionShape, Backend, BoundsFormat, DevicePageTable, Half, PageTable, PagedLayout,
+};
 
 use crate::config::CacheConfig;
 use crate::error::{CacheError, Result};
@@ -55,13 +57,65 @@ impl SeqState {
     }
 }
 
+/// One layer's page bounds, in the cache's [`BoundsFormat`] (layouts in
+/// [`quest_kernels::layout`]).
+pub enum LayerBounds<B: Backend, T: Half> {
+    /// Max then min key of every page, `[num_pages, 2, num_kv_heads, head_dim]` of `T`.
+    Full(B::Buf<T>),
+    /// 8-bit codes `[num_pages, 2, num_kv_heads, head_dim]` and their f32 `(base, step)` params
+    /// `[num_pages, num_kv_heads, 4]`, rounded outward.
+    Int8 {
+        codes: B::Buf<u8>,
+        params: B::Buf<f32>,
+    },
+}
+
+impl<B: Backend, T: Half> LayerBounds<B, T> {
+    /// Zeroed buffers of `format` for one layer of `layout`.
+    fn zeros(backend: &B, layout: &PagedLayout, format: BoundsFormat) -> Result<Self> {
+        Ok(match format {
+            BoundsFormat::Full => LayerBounds::Full(backend.zeros(layout.bounds_len())?),
+            BoundsFormat::Int8 => LayerBounds::Int8 {
+                codes: backend.zeros(layout.bounds_len())?,
+                params: backend.zeros(layout.int8_params_len())?,
+            },
+        })
+    }
+
+    pub fn format(&self) -> BoundsFormat {
+        match self {
+            LayerBounds::Full(_) => BoundsFormat::Full,
+            LayerBounds::Int8 { .. } => BoundsFormat::Int8,
+        }
+    }
+
+    /// Recomputes the bounds of `pages` (their first `lens` keys) from the stored keys `kv`.
+    fn update(
+        &mut self,
+        backend: &B,
+        kv: &B::Buf<T>,
+        layout: &PagedLayout,
+        pages: &B::Buf<i32>,
+        lens: &B::Buf<i32>,
+    ) -> Result<()> {
+        match self {
+            LayerBounds::Full(b) => backend.update_bounds(kv, b, layout, pages, lens)?,
+            LayerBounds::Int8 { codes, params } => {
+                backend.update_bounds_int8(kv, codes, params, layout, pages, lens)?
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Distinguishes caches, so a plan made by one cannot be used to write into another.
 static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A paged KV cache of `T` (f16 or bf16) on backend `B`, with per-page key bounds for Quest.
 ///
-/// Per layer it holds one KV buffer `[num_pages, 2, page_size, num_kv_heads, head_dim]` and one
-/// bounds buffer `[num_pages, 2, num_kv_heads, head_dim]`, laid out as
+/// Per layer it holds one KV buffer `[num_pages, 2, page_size, num_kv_heads, head_dim]` and the
+/// page bounds in the cache's [`BoundsFormat`]: one buffer `[num_pages, 2, num_kv_heads,
+/// head_dim]` of `T` (full), or 8-bit codes of that shape and their params (int8), laid out as
 /// [`quest_kernels::layout`] describes. Page ids come from one [`PagePool`] shared by all
 /// layers: page `p` is page `p` of every layer's buffers.
 ///
@@ -73,7 +127,7 @@ pub struct KvCache<B: Backend, T: Half> {
     config: CacheConfig,
     layout: PagedLayout,
     kv: Vec<B::Buf<T>>,
-    bounds: Vec<B::Buf<T>>,
+    bounds: Vec<LayerBounds<B, T>>,
     pool: PagePool,
     seqs: BTreeMap<SeqId, SeqState>,
     next_seq: u64,
@@ -83,8 +137,16 @@ pub struct KvCache<B: Backend, T: Half> {
 }
 
 impl<B: Backend, T: Half> KvCache<B, T> {
-    /// A cache with every page free, its buffers allocated (zeroed) on `backend`.
+    /// A cache with every page free, its buffers allocated (zeroed) on `backend`, bounds kept in
+    /// the KV storage type ([`BoundsFormat::Full`]).
     pub fn new(backend: &B, config: CacheConfig) -> Result<Self> {
+        Self::with_bounds(backend, config, BoundsFormat::Full)
+    }
+
+    /// [`new`](Self::new) with the page bounds kept in `format` ([`BoundsFormat::Int8`]: about
+    /// half the bytes for Quest's estimate to read; see [`set_bounds_format`](
+    /// Self::set_bounds_format) to change it later).
+    pub fn with_bounds(backend: &B, config: CacheConfig, format: BoundsFormat) -> Result<Self> {
         config.validate()?;
         let layout = config.layout();
         layout.validate("KvCache::new")?;
@@ -95,7 +157,7 @@ impl<B: Backend, T: Half> KvCache<B, T> {
         let mut bounds = Vec::with_capacity(config.num_layers);
         for _ in 0..config.num_layers {
             kv.push(backend.zeros::<T>(layout.kv_len())?);
-            bounds.push(backend.zeros::<T>(layout.bounds_len())?);
+            bounds.push(LayerBounds::zeros(backend, &layout, format)?);
         }
         Ok(KvCache {
             backend: backend.clone(),
@@ -117,6 +179,33 @@ impl<B: Backend, T: Half> KvCache<B, T> {
 
     pub fn config(&self) -> &CacheConfig {
         &self.config
+    }
+
+    /// How the page bounds are stored.
+    pub fn bounds_format(&self) -> BoundsFormat {
+        self.bounds
+            .first()
+            .map_or(BoundsFormat::Full, LayerBounds::format)
+    }
+
+    /// Keeps the page bounds in `format` from now on: when it differs, every layer's bounds are
+    /// recomputed in it from the stored keys of every page of every live sequence. On an error
+    /// (out of device memory) the cache keeps its old bounds.
+    pub fn set_bounds_format(&mut self, format: BoundsFormat) -> Result<()> {
+        if format == self.bounds_format() {
+            return Ok(());
+        }
+        let live = self.live_pages()?;
+        let mut fresh = Vec::with_capacity(self.config.num_layers);
+        for kv in &self.kv {
+            let mut b = LayerBounds::zeros(&self.backend, &self.layout, format)?;
+            if let Some((pages, lens)) = &live {
+                b.update(&self.backend, kv, &self.layout, pages, lens)?;
+            }
+            fresh.push(b);
+        }
+        self.bounds = fresh;
+        Ok(())
     }
 
     /// The page geometry of every layer, as the kernels take it.
@@ -336,14 +425,13 @@ impl<B: Backend, T: Half> KvCache<B, T> {
         let (kv, bounds) = (&mut self.kv[layer], &mut self.bounds[layer]);
         self.backend
             .append_kv(kv, &self.layout, k, v, &plan.slots_dev)?;
-        self.backend.update_bounds(
+        bounds.update(
+            &self.backend,
             kv,
-            bounds,
             &self.layout,
             &plan.touched_pages_dev,
             &plan.touched_lens_dev,
-        )?;
-        Ok(())
+        )
     }
 
     /// Writes synthetic K/V into every layer (the whole buffer, pseudo-random and uniform in
@@ -353,6 +441,21 @@ impl<B: Backend, T: Half> KvCache<B, T> {
     /// its prefill: the values are not what any model would compute, but every kernel reads them
     /// exactly as it would read real ones.
     pub fn fill_random(&mut self, seed: u64, scale: f32) -> Result<()> {
+        let live = self.live_pages()?;
+        for (layer, (kv, bounds)) in self.kv.iter_mut().zip(&mut self.bounds).enumerate() {
+            let layer_seed = seed ^ (layer as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            self.backend.fill_random(kv, layer_seed, scale)?;
+            if let Some((pages, lens)) = &live {
+                bounds.update(&self.backend, kv, &self.layout, pages, lens)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every page of every live sequence and its filled length, uploaded (`None` when there is
+    /// none).
+    #[allow(clippy::type_complexity)]
+    fn live_pages(&self) -> Result<Option<(B::Buf<i32>, B::Buf<i32>)>> {
         let page_size = self.config.page_size;
         let (mut pages, mut lens) = (Vec::new(), Vec::new());
         for state in self.seqs.values() {
@@ -361,17 +464,13 @@ impl<B: Backend, T: Half> KvCache<B, T> {
                 lens.push((state.len - i * page_size).min(page_size) as i32);
             }
         }
-        let pages_dev = self.backend.upload(&pages)?;
-        let lens_dev = self.backend.upload(&lens)?;
-        for (layer, (kv, bounds)) in self.kv.iter_mut().zip(&mut self.bounds).enumerate() {
-            let layer_seed = seed ^ (layer as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
-            self.backend.fill_random(kv, layer_seed, scale)?;
-            if !pages.is_empty() {
-                self.backend
-                    .update_bounds(kv, bounds, &self.layout, &pages_dev, &lens_dev)?;
-            }
+        if pages.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some((
+            self.backend.upload(&pages)?,
+            self.backend.upload(&lens)?,
+        )))
     }
 
     /// The KV pages of `layer`.
@@ -380,10 +479,51 @@ impl<B: Backend, T: Half> KvCache<B, T> {
         Ok(&self.kv[layer])
     }
 
-    /// The page bounds (max then min key of every page) of `layer`.
+    /// The page bounds (max then min key of every page) of `layer`, when they are kept in the KV
+    /// storage type; [`CacheError::BoundsFormat`] for 8-bit bounds (see
+    /// [`layer_bounds`](Self::layer_bounds)).
     pub fn bounds(&self, layer: usize) -> Result<&B::Buf<T>> {
+        match self.layer_bounds(layer)? {
+            LayerBounds::Full(b) => Ok(b),
+            other => Err(CacheError::BoundsFormat {
+                have: other.format(),
+                want: BoundsFormat::Full,
+            }),
+        }
+    }
+
+    /// The page bounds of `layer`, in whichever format the cache keeps them.
+    pub fn layer_bounds(&self, layer: usize) -> Result<&LayerBounds<B, T>> {
         self.check_layer(layer)?;
         Ok(&self.bounds[layer])
+    }
+
+    /// Quest's criticality estimate of `layer` in the cache's bounds format:
+    /// [`Backend::estimate_pages`] or [`Backend::estimate_pages_int8`] over `table` (a
+    /// per-sequence table of this cache's pages), `q` `[batch, num_qo_heads, head_dim]`, `scores`
+    /// `[num_qo_heads, nnz]`.
+    pub fn estimate_pages(
+        &self,
+        layer: usize,
+        q: &B::Buf<f32>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<B>,
+        scores: &mut B::Buf<f32>,
+    ) -> Result<()> {
+        if shape.layout != self.layout {
+            return Err(CacheError::Shape(format!(
+                "estimate over layout {:?}, the cache has {:?}",
+                shape.layout, self.layout
+            )));
+        }
+        let be = &self.backend;
+        match self.layer_bounds(layer)? {
+            LayerBounds::Full(b) => be.estimate_pages(q, b, shape, table, scores)?,
+            LayerBounds::Int8 { codes, params } => {
+                be.estimate_pages_int8(q, codes, params, shape, table, scores)?
+            }
+        }
+        Ok(())
     }
 
     // ---- helpers ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! The geometry of a cache: how many layers, heads and pages, and how big a page is.
 
-use quest_kernels::{Half, PagedLayout};
+use quest_kernels::{BoundsFormat, Half, PagedLayout};
 
 use crate::error::{CacheError, Result};
 
@@ -89,9 +89,15 @@ impl CacheConfig {
 
     /// Bytes of the page-bounds buffers of all layers (max and min keys of every page), as `T`.
     pub fn bounds_bytes<T: Half>(&self) -> usize {
-        [2, self.num_kv_heads, self.head_dim, size_of::<T>()]
-            .iter()
-            .fold(self.num_layers, |acc, &x| acc.saturating_mul(x))
+        self.bounds_bytes_in::<T>(BoundsFormat::Full)
+    }
+
+    /// Bytes of the page-bounds buffers of all layers kept in `format`, with the KV stored as `T`.
+    pub fn bounds_bytes_in<T: Half>(&self, format: BoundsFormat) -> usize {
+        format
+            .bytes_per_page_head(self.head_dim, size_of::<T>())
+            .saturating_mul(self.num_kv_heads)
+            .saturating_mul(self.num_layers)
             .saturating_mul(self.num_pages)
     }
 }

@@ -1,7 +1,7 @@
 //! The one error type of the cache. Every refusal names the numbers involved, and every operation
 //! that returns an error leaves the cache as it was (nothing half-allocated, nothing overwritten).
 
-use quest_kernels::KernelError;
+use quest_kernels::{BoundsFormat, KernelError};
 use thiserror::Error;
 
 use crate::cache::SeqId;
@@ -41,6 +41,13 @@ pub enum CacheError {
     /// A buffer or a request whose size does not fit.
     #[error("shape mismatch: {0}")]
     Shape(String),
+
+    /// The page bounds were asked for in a format the cache does not keep them in.
+    #[error("the cache keeps {have} page bounds, not {want} (KvCache::set_bounds_format converts)")]
+    BoundsFormat {
+        have: BoundsFormat,
+        want: BoundsFormat,
+    },
 
     /// A backend op refused its inputs or failed on its device.
     #[error(transparent)]

@@ -39,8 +39,9 @@ mod error;
 mod plan;
 mod pool;
 
-pub use cache::{KvCache, SeqId};
+pub use cache::{KvCache, LayerBounds, SeqId};
 pub use config::CacheConfig;
 pub use error::{CacheError, Result};
 pub use plan::StepPlan;
 pub use pool::PagePool;
+pub use quest_kernels::BoundsFormat;

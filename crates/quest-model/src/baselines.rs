@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use quest_kernels::{Backend, DevicePageTable, Half, PageTable, TableRows};
+use quest_kernels::{Backend, BoundsFormat, DevicePageTable, Half, PageTable, TableRows};
 use quest_kvcache::SeqId;
 
 use crate::error::{ModelError, Result};
@@ -205,6 +205,12 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for H2o<B> {
         format!("h2o(budget={})", self.budget)
     }
 
+    /// Ranks tokens by exact `q·k`, which one-token pages give only with full bounds (max = min
+    /// = k).
+    fn bounds_format(&self) -> Option<BoundsFormat> {
+        Some(BoundsFormat::Full)
+    }
+
     fn select<'s>(&'s mut self, input: SelectInput<'_, B, T>) -> Result<Selection<'s, B>> {
         require_token_pages("H2O", &input)?;
         prune(&mut self.state, &input);
@@ -337,6 +343,12 @@ impl<B: Backend> Tova<B> {
 impl<B: Backend, T: Half> KvPolicy<B, T> for Tova<B> {
     fn name(&self) -> String {
         format!("tova(budget={})", self.budget)
+    }
+
+    /// Ranks tokens by exact `q·k`, which one-token pages give only with full bounds (max = min
+    /// = k).
+    fn bounds_format(&self) -> Option<BoundsFormat> {
+        Some(BoundsFormat::Full)
     }
 
     fn select<'s>(&'s mut self, input: SelectInput<'_, B, T>) -> Result<Selection<'s, B>> {

@@ -305,8 +305,10 @@ impl<B: Backend, W: Half> Llama<B, W> {
                     )?;
                 }
                 Selection::Pages(table, rows) => {
-                    // Bounds: every page of every sequence, per KV head, max and min.
-                    stats.bounds_bytes += plan.table().nnz() * c.num_kv_heads() * 2 * hd * elem;
+                    // Bounds: every page of every sequence, per KV head, max and min (and the
+                    // base and step of each in 8-bit bounds).
+                    let page_head = cache.bounds_format().bytes_per_page_head(hd, elem);
+                    stats.bounds_bytes += plan.table().nnz() * c.num_kv_heads() * page_head;
                     // A row reads its pages for each of the heads it serves... a per-query-head
                     // row serves one query head but its KV head's pages; count them once per row,
                     // as the kernel reads them.
@@ -373,6 +375,9 @@ impl<B: Backend, W: Half> Llama<B, W> {
                     c.vocab_size
                 )));
             }
+        }
+        if let Some(format) = policy.bounds_format() {
+            cache.set_bounds_format(format)?; // a no-op unless the policy reads another format
         }
         self.reserve_all(cache, batch)?;
         let result = self.forward_reserved(cache, batch, policy);

@@ -1,7 +1,7 @@
 //! KV selection policies: which pages each head attends to in a decode step. All of them run
 //! before the same paged attention kernel; prefill is always dense.
 
-use quest_kernels::{AttentionShape, Backend, DevicePageTable, Half, TableRows};
+use quest_kernels::{AttentionShape, Backend, BoundsFormat, DevicePageTable, Half, TableRows};
 use quest_kvcache::{KvCache, StepPlan};
 
 use crate::error::{ModelError, Result};
@@ -30,6 +30,13 @@ pub trait KvPolicy<B: Backend, T: Half> {
     fn name(&self) -> String;
     /// The pages layer `input.layer` attends to in this step.
     fn select<'s>(&'s mut self, input: SelectInput<'_, B, T>) -> Result<Selection<'s, B>>;
+
+    /// The page-bound format this policy reads, if it reads bounds at all: the model converts
+    /// the cache to it before a step ([`KvCache::set_bounds_format`], a no-op when it already
+    /// matches). `None` (the default) leaves the cache as it is.
+    fn bounds_format(&self) -> Option<BoundsFormat> {
+        None
+    }
 }
 
 /// Full attention over the whole cache.
@@ -59,6 +66,9 @@ pub struct QuestConfig {
     pub sink_pages: usize,
     /// Pages before the last one always kept (a recent window), inside the budget.
     pub recent_pages: usize,
+    /// How the page bounds the estimate reads are stored: exact in the KV type, or 8 bits
+    /// rounded outward (about half the bytes; scores stay upper bounds, slightly looser).
+    pub bounds: BoundsFormat,
 }
 
 impl QuestConfig {
@@ -81,6 +91,7 @@ impl QuestConfig {
             rows: TableRows::PerQoHead,
             sink_pages: 0,
             recent_pages: 0,
+            bounds: BoundsFormat::Full,
         }
     }
 }
@@ -117,9 +128,13 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
     fn name(&self) -> String {
         let c = &self.config;
         format!(
-            "quest(budget={}, skip_layers={}, rows={:?}, sink_pages={}, recent_pages={})",
-            c.budget, c.skip_layers, c.rows, c.sink_pages, c.recent_pages
+            "quest(budget={}, skip_layers={}, rows={:?}, sink_pages={}, recent_pages={}, bounds={})",
+            c.budget, c.skip_layers, c.rows, c.sink_pages, c.recent_pages, c.bounds
         )
+    }
+
+    fn bounds_format(&self) -> Option<BoundsFormat> {
+        Some(self.config.bounds)
     }
 
     fn select<'s>(&'s mut self, input: SelectInput<'_, B, T>) -> Result<Selection<'s, B>> {
@@ -146,13 +161,9 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
             _ => backend.zeros(n_scores)?,
         };
         let scores = self.scores.insert(scores);
-        backend.estimate_pages(
-            input.q,
-            input.cache.bounds(input.layer)?,
-            input.shape,
-            table,
-            scores,
-        )?;
+        input
+            .cache
+            .estimate_pages(input.layer, input.q, input.shape, table, scores)?;
         if self.config.sink_pages > 0 || self.config.recent_pages > 0 {
             backend.force_pages(
                 scores,

@@ -1,7 +1,7 @@
 //! The Llama forward pass on a tiny random model: the prefill and decode paths, batching,
 //! chunking and the Quest policy must agree with each other where the math says they must.
 
-use quest_kernels::{Backend, CpuBackend, TableRows, f16};
+use quest_kernels::{Backend, BoundsFormat, CpuBackend, TableRows, f16};
 use quest_kvcache::KvCache;
 use quest_model::{
     Dense, H2o, KvPolicy, Llama, LlamaConfig, Quest, QuestConfig, StreamingLlm, Tova, Weights,
@@ -166,13 +166,17 @@ fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
     let model = tiny_model(&cfg, 5);
     let toks = tokens(120, 6, cfg.vocab_size);
     let dense = run(&model, &mut Dense, &toks, 60, 8);
-    for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
+    let cases = [TableRows::PerQoHead, TableRows::PerKvHead]
+        .into_iter()
+        .flat_map(|r| [(r, BoundsFormat::Full), (r, BoundsFormat::Int8)]);
+    for (rows, bounds) in cases {
         let mut covering = Quest::<CpuBackend>::new(QuestConfig {
             budget: 128,
             skip_layers: 0,
             rows,
             sink_pages: 0,
             recent_pages: 0,
+            bounds,
         })
         .unwrap();
         let q = run(&model, &mut covering, &toks, 60, 8);
@@ -186,6 +190,7 @@ fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
             rows,
             sink_pages: 0,
             recent_pages: 0,
+            bounds,
         })
         .unwrap();
         let q = run(&model, &mut small, &toks, 60, 8);
@@ -193,9 +198,53 @@ fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
         let last = q.len() - 1;
         assert!(
             rel_err(&q[last], &dense[last]) > 1e-6,
-            "{rows:?}: 2 of 15 pages cannot equal dense attention"
+            "{rows:?} {bounds}: 2 of 15 pages cannot equal dense attention"
         );
     }
+}
+
+/// Quest with 8-bit bounds turns the cache to 8-bit bounds before its first step (and H2O back to
+/// full ones), and counts the bytes it reads in that format: `2·d + 16` a page and KV head
+/// instead of `2·d·2`.
+#[test]
+fn quest_with_int8_bounds_converts_the_cache_and_counts_its_bytes() {
+    let cfg = tiny_config(6, 2);
+    let model = tiny_model(&cfg, 13);
+    let toks = tokens(80, 14, cfg.vocab_size);
+    let mut bytes = Vec::new();
+    for bounds in [BoundsFormat::Full, BoundsFormat::Int8] {
+        let mut q = Quest::<CpuBackend>::new(QuestConfig {
+            bounds,
+            skip_layers: 1,
+            ..QuestConfig::paper(16)
+        })
+        .unwrap();
+        let mut c = cache(&model, 8);
+        let s = c.add_sequence();
+        model.forward(&mut c, &[(s, &toks[..79])], &mut q).unwrap();
+        assert_eq!(c.bounds_format(), bounds);
+        let f = model.forward(&mut c, &[(s, &toks[79..])], &mut q).unwrap();
+        assert!(
+            CpuBackend
+                .download(&f.logits)
+                .unwrap()
+                .iter()
+                .all(|x| x.is_finite())
+        );
+        bytes.push(f.stats.bounds_bytes);
+        let mut h2o = H2o::<CpuBackend>::new(64, 1);
+        let _ = model.forward(&mut c, &[(s, &toks[..1])], &mut h2o);
+        assert_eq!(
+            c.bounds_format(),
+            BoundsFormat::Full,
+            "H2O needs exact bounds"
+        );
+    }
+    // 10 pages, 2 KV heads, 2 Quest layers, head_dim 16.
+    assert_eq!(
+        bytes,
+        vec![10 * 2 * 2 * (2 * 16 * 2), 10 * 2 * 2 * (2 * 16 + 16)]
+    );
 }
 
 #[test]

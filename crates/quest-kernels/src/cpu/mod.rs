@@ -9,9 +9,9 @@ pub mod select;
 
 pub use attention::{decode_attention, prefill_attention};
 pub use dense::{add_assign, argmax, embedding, matmul, rms_norm, rope, sample, silu_mul};
-pub use paged::{append_kv, update_bounds};
+pub use paged::{append_kv, update_bounds, update_bounds_int8};
 pub use random::{fill_random, hash_uniform};
-pub use select::{estimate_pages, force_pages, select_top_pages};
+pub use select::{estimate_pages, estimate_pages_int8, force_pages, select_top_pages};
 
 use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
 use crate::dtype::{Elem, Half};
@@ -163,6 +163,30 @@ impl Backend for CpuBackend {
         page_lens: &Vec<i32>,
     ) -> Result<()> {
         paged::update_bounds(kv, bounds, layout, pages, page_lens)
+    }
+
+    fn update_bounds_int8<T: Half>(
+        &self,
+        kv: &Vec<T>,
+        codes: &mut Vec<u8>,
+        params: &mut Vec<f32>,
+        layout: &PagedLayout,
+        pages: &Vec<i32>,
+        page_lens: &Vec<i32>,
+    ) -> Result<()> {
+        paged::update_bounds_int8(kv, codes, params, layout, pages, page_lens)
+    }
+
+    fn estimate_pages_int8(
+        &self,
+        q: &Vec<f32>,
+        codes: &Vec<u8>,
+        params: &Vec<f32>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        scores: &mut Vec<f32>,
+    ) -> Result<()> {
+        select::estimate_pages_int8(q, codes, params, shape, &host_table(table), scores)
     }
 
     fn estimate_pages<T: Half>(

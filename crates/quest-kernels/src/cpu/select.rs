@@ -5,6 +5,7 @@ use crate::backend::AttentionShape;
 use crate::dtype::Half;
 use crate::error::{Result, arg_err, expect_len, shape_err};
 use crate::layout::{PageTable, TableRows};
+use crate::quant::dequant;
 
 /// `scores[h, j] = Σ_i max(q_i · max_i, q_i · min_i)`, an upper bound of `q · k` for every key `k`
 /// in page `indices[j]` (each term bounds `q_i k_i` because `min_i <= k_i <= max_i`).
@@ -39,6 +40,55 @@ pub fn estimate_pages<T: Half>(
                     .zip(hi.iter().zip(lo))
                     .map(|(&qi, (&a, &b))| (qi * a.to_f32()).max(qi * b.to_f32()))
                     .sum();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`estimate_pages`] over 8-bit bounds (`codes`, `params`: see [`crate::layout`]): the same sum
+/// with each max and min replaced by its [`dequant`]ized code, which is `>=` the max and `<=`
+/// the min, so the score is `>=` the one from exact bounds summed in this same order.
+pub fn estimate_pages_int8(
+    q: &[f32],
+    codes: &[u8],
+    params: &[f32],
+    shape: &AttentionShape,
+    table: &PageTable,
+    scores: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "estimate_pages_int8";
+    let layout = &shape.layout;
+    check_heads(OP, shape)?;
+    table.validate(OP, layout)?;
+    expect_len(OP, "bound codes", codes.len(), layout.bounds_len())?;
+    expect_len(OP, "bound params", params.len(), layout.int8_params_len())?;
+    let (hq, d) = (shape.num_qo_heads, layout.head_dim);
+    let batch = table.rows();
+    expect_len(OP, "q", q.len(), batch * hq * d)?;
+    let nnz = table.indices.len();
+    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    let group = shape.group_size();
+    let (mut hi, mut lo) = (vec![0f32; d], vec![0f32; d]);
+    for b in 0..batch {
+        for j in table.indptr[b] as usize..table.indptr[b + 1] as usize {
+            let page = table.indices[j] as usize;
+            for g in 0..layout.num_kv_heads {
+                let pr = &params[layout.int8_params_offset(page, g)..][..4];
+                let ch = &codes[layout.bounds_offset(page, 0, g)..][..d];
+                let cl = &codes[layout.bounds_offset(page, 1, g)..][..d];
+                for i in 0..d {
+                    hi[i] = dequant(ch[i], pr[0], pr[1]);
+                    lo[i] = dequant(cl[i], pr[2], pr[3]);
+                }
+                for h in g * group..(g + 1) * group {
+                    let qh = &q[(b * hq + h) * d..(b * hq + h + 1) * d];
+                    scores[h * nnz + j] = qh
+                        .iter()
+                        .zip(hi.iter().zip(&lo))
+                        .map(|(&qi, (&a, &b))| (qi * a).max(qi * b))
+                        .sum();
+                }
             }
         }
     }

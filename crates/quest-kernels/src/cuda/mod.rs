@@ -7,6 +7,7 @@
 //! and links `libcuda` at link time; `cudarc` with dynamic loading does neither.
 
 mod attention;
+mod bounds_int8;
 mod dense;
 mod paged;
 mod random;
@@ -35,6 +36,7 @@ pub(crate) enum Family {
     Dense,
     Paged,
     Select,
+    BoundsInt8,
     Decode,
     Prefill,
     Sampling,
@@ -47,6 +49,7 @@ impl Family {
             Family::Dense => include_str!("../../../../ptx/dense.ptx"),
             Family::Paged => include_str!("../../../../ptx/paged.ptx"),
             Family::Select => include_str!("../../../../ptx/select.ptx"),
+            Family::BoundsInt8 => include_str!("../../../../ptx/bounds_int8.ptx"),
             Family::Decode => include_str!("../../../../ptx/decode_attention.ptx"),
             Family::Prefill => include_str!("../../../../ptx/prefill_attention.ptx"),
             Family::Sampling => include_str!("../../../../ptx/sampling.ptx"),
@@ -101,6 +104,7 @@ fn is_pod<T: Elem>() -> bool {
         TypeId::of::<bf16>(),
         TypeId::of::<i32>(),
         TypeId::of::<u32>(),
+        TypeId::of::<u8>(),
     ]
     .contains(&id)
         && std::mem::size_of::<T>() == T::DTYPE.size_in_bytes()
@@ -119,7 +123,7 @@ fn check_pod<T: Elem>(op: &'static str) -> Result<()> {
 
 fn as_bytes<T: Elem>(data: &[T]) -> &[u8] {
     debug_assert!(is_pod::<T>());
-    // SAFETY: callers checked `is_pod::<T>()`: T is f32/f16/bf16/i32/u32, which have no padding,
+    // SAFETY: callers checked `is_pod::<T>()`: T is f32/f16/bf16/i32/u32/u8, which have no padding,
     // so every byte of the slice is initialised; u8 has alignment 1 and the length is exact.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
 }
@@ -581,6 +585,30 @@ impl Backend for CudaBackend {
         page_lens: &CudaBuf<i32>,
     ) -> Result<()> {
         paged::update_bounds(self, kv, bounds, layout, pages, page_lens)
+    }
+
+    fn update_bounds_int8<T: Half>(
+        &self,
+        kv: &CudaBuf<T>,
+        codes: &mut CudaBuf<u8>,
+        params: &mut CudaBuf<f32>,
+        layout: &PagedLayout,
+        pages: &CudaBuf<i32>,
+        page_lens: &CudaBuf<i32>,
+    ) -> Result<()> {
+        bounds_int8::update_bounds_int8(self, kv, codes, params, layout, pages, page_lens)
+    }
+
+    fn estimate_pages_int8(
+        &self,
+        q: &CudaBuf<f32>,
+        codes: &CudaBuf<u8>,
+        params: &CudaBuf<f32>,
+        shape: &AttentionShape,
+        table: &DevicePageTable<Self>,
+        scores: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        bounds_int8::estimate_pages_int8(self, q, codes, params, shape, table, scores)
     }
 
     fn estimate_pages<T: Half>(

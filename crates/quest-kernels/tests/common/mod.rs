@@ -167,6 +167,16 @@ pub struct Cache<B: Backend, T: Half> {
     pub bounds: B::Buf<T>,
     pub kv_host: Vec<T>,
     pub bounds_host: Vec<T>,
+    /// 8-bit bounds kept alongside (by `update_bounds_int8` after every append), when asked for.
+    pub int8: Option<Int8Bounds<B>>,
+}
+
+/// One layer's 8-bit page bounds on a backend, with host copies.
+pub struct Int8Bounds<B: Backend> {
+    pub codes: B::Buf<u8>,
+    pub params: B::Buf<f32>,
+    pub codes_host: Vec<u8>,
+    pub params_host: Vec<f32>,
 }
 
 impl<B: Backend, T: Half> Cache<B, T> {
@@ -196,6 +206,28 @@ pub fn build_cache<B: Backend, T: Half>(
     rng: &mut StdRng,
     spec: &CacheSpec,
 ) -> Cache<B, T> {
+    build_cache_with(
+        backend,
+        rng,
+        spec,
+        &|r, n, w| uniform(r, n * w, -3.0, 3.0),
+        false,
+    )
+}
+
+/// Keys of `tokens` tokens of `width` channels each, drawn from the generator.
+pub type KeyGen<'a> = dyn Fn(&mut StdRng, usize, usize) -> Vec<f32> + 'a;
+
+/// [`build_cache`] with the keys from `keys` (values stay uniform in `[-3, 3)`) and, when `int8`,
+/// 8-bit bounds updated with `update_bounds_int8` after every round too (from garbage codes, so a
+/// page the update misses shows up).
+pub fn build_cache_with<B: Backend, T: Half>(
+    backend: &B,
+    rng: &mut StdRng,
+    spec: &CacheSpec,
+    keys: &KeyGen<'_>,
+    int8: bool,
+) -> Cache<B, T> {
     let ps = spec.page_size;
     let needed: usize = spec.seq_lens.iter().map(|&l| spec.pages_of(l)).sum();
     let layout = PagedLayout {
@@ -221,6 +253,11 @@ pub fn build_cache<B: Backend, T: Half>(
 
     let mut kv = up(backend, &uniform_half::<T>(rng, layout.kv_len()));
     let mut bounds = up(backend, &uniform_half::<T>(rng, layout.bounds_len()));
+    let mut int8_bufs = int8.then(|| {
+        let codes: Vec<u8> = (0..layout.bounds_len()).map(|_| rng.random()).collect();
+        let params = uniform(rng, layout.int8_params_len(), -3.0, 3.0);
+        (up(backend, &codes), up(backend, &params))
+    });
 
     let width = layout.token_width();
     let mut filled = vec![0usize; spec.seq_lens.len()];
@@ -237,7 +274,7 @@ pub fn build_cache<B: Backend, T: Half>(
             for t in start..end {
                 slots.push(row[t / ps] * ps as i32 + (t % ps) as i32);
             }
-            k.extend(uniform(rng, chunk * width, -3.0, 3.0));
+            k.extend(keys(rng, chunk, width));
             v.extend(uniform(rng, chunk * width, -3.0, 3.0));
             let first = start / ps;
             for (i, &page) in row.iter().enumerate().take((end - 1) / ps + 1).skip(first) {
@@ -267,9 +304,27 @@ pub fn build_cache<B: Backend, T: Half>(
                 &up(backend, &lens),
             )
             .expect("update_bounds");
+        if let Some((codes, params)) = &mut int8_bufs {
+            backend
+                .update_bounds_int8(
+                    &kv,
+                    codes,
+                    params,
+                    &layout,
+                    &up(backend, &pages),
+                    &up(backend, &lens),
+                )
+                .expect("update_bounds_int8");
+        }
     }
     let kv_host = down(backend, &kv);
     let bounds_host = down(backend, &bounds);
+    let int8 = int8_bufs.map(|(codes, params)| Int8Bounds {
+        codes_host: down(backend, &codes),
+        params_host: down(backend, &params),
+        codes,
+        params,
+    });
     Cache {
         shape,
         seq_lens: spec.seq_lens.clone(),
@@ -278,6 +333,7 @@ pub fn build_cache<B: Backend, T: Half>(
         bounds,
         kv_host,
         bounds_host,
+        int8,
     }
 }
 
@@ -460,4 +516,41 @@ pub fn top_k_ref(scores: &[f64], budget: usize) -> Vec<usize> {
     cand.sort_unstable();
     cand.push(n - 1);
     cand
+}
+
+/// The dequantized max (`which == 0`) or min (`1`) bounds of one page and KV head of 8-bit bounds.
+pub fn dequant_bounds(
+    codes: &[u8],
+    params: &[f32],
+    layout: &PagedLayout,
+    page: usize,
+    which: usize,
+    kv_head: usize,
+) -> Vec<f32> {
+    let pr = &params[layout.int8_params_offset(page, kv_head)..][..4];
+    codes[layout.bounds_offset(page, which, kv_head)..][..layout.head_dim]
+        .iter()
+        .map(|&c| quest_kernels::quant::dequant(c, pr[2 * which], pr[2 * which + 1]))
+        .collect()
+}
+
+/// Quest's criticality in f64 from 8-bit bounds (dequantized), plus `Σ_i |q_i| max(|H_i|, |L_i|)`.
+pub fn score_ref_int8(
+    q: &[f32],
+    codes: &[u8],
+    params: &[f32],
+    layout: &PagedLayout,
+    page: usize,
+    kv_head: usize,
+) -> (f64, f64) {
+    let hi = dequant_bounds(codes, params, layout, page, 0, kv_head);
+    let lo = dequant_bounds(codes, params, layout, page, 1, kv_head);
+    let mut s = 0.0;
+    let mut mag = 0.0;
+    for i in 0..layout.head_dim {
+        let (qi, a, b) = (q[i] as f64, hi[i] as f64, lo[i] as f64);
+        s += (qi * a).max(qi * b);
+        mag += qi.abs() * a.abs().max(b.abs());
+    }
+    (s, mag)
 }
