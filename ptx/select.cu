@@ -210,6 +210,7 @@ select_top_pages(const float* __restrict__ scores, const int* in_indptr, const i
                 if (lane + o < 32) suf += y;
             }
             int rem = s_remaining, above = suf - tot;
+            __syncwarp();  // every lane has read s_remaining before one lane rewrites it
             if (above < rem && rem <= suf) {
                 int r = rem - above, dsel = 8 * lane;
 #pragma unroll

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""FlashInfer's paged decode on the shapes of `bench_kernels`, timed the same way, written as JSON.
+"""FlashInfer's paged decode on the shapes of `quest bench kernels`, timed the same way, written as JSON.
 
     python3 scripts/flashinfer_bench.py --sdist .whl/flashinfer_python-0.2.14.post1.tar.gz \
         --out flashinfer.json
@@ -9,7 +9,7 @@ batch 1, contexts 4K-128K. `BatchDecodeWithPagedKVCacheWrapper` is timed with CU
 kernels and, where it builds, with `use_tensor_cores=True` (FlashInfer's recommended path for GQA
 groups of 4 and more); the JSON keeps both, and the faster is the baseline.
 
-Method (the same as crates/quest-kernels/examples/bench_kernels.rs): CUDA events around each
+Method (the same as `quest bench kernels`, crates/quest-cli/src/bench_kernels.rs): CUDA events around each
 run; before each run a 512 MiB read (an argmax over it) keeps the GPU busy while the host queues
 the op (so Python launch time is not measured) and evicts L2, leaving clean lines; the KV pool and q exist in 3 copies, rotated between
 runs; 5 warm-up runs, then the median of 25. GB/s counts the K/V bytes of the context plus q read

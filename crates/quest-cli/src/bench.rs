@@ -19,6 +19,9 @@ use crate::generate::{BoundsArg, Device};
 pub enum BenchCommand {
     /// Time decode steps of a synthetic model over a cache filled to a context length.
     Decode(DecodeArgs),
+    /// Time the decode kernels (paged decode, Quest's estimate / top-k / sparse decode, the
+    /// decode GEMVs) at 4K-128K tokens and budgets 256-4096 on the GPU; table and JSON.
+    Kernels(crate::bench_kernels::KernelArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -162,7 +165,10 @@ impl StepTimer for HostTimer {
 }
 
 pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
-    let BenchCommand::Decode(args) = cmd;
+    let args = match cmd {
+        BenchCommand::Decode(args) => args,
+        BenchCommand::Kernels(args) => return crate::bench_kernels::run(&args),
+    };
     if args.steps == 0 || args.page_size == 0 || args.context.contains(&0) {
         bail!("--steps, --page-size and every --context must be positive");
     }

@@ -1,6 +1,7 @@
 //! `quest`: generate text with Quest sparse attention, import models, evaluate and benchmark.
 
 mod bench;
+mod bench_kernels;
 mod eval;
 mod fetch;
 mod generate;

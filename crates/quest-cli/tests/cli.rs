@@ -251,6 +251,16 @@ fn device_cuda_without_a_gpu_is_one_clear_error() {
     }
 }
 
+#[test]
+fn bench_kernels_without_a_gpu_is_one_clear_error() {
+    if quest_kernels::CudaBackend::is_available() {
+        println!("a GPU is present: `quest bench kernels` would run the whole benchmark; skipped");
+        return;
+    }
+    let o = quest(&["bench", "kernels", "--json", "/nonexistent/dir/out.json"]);
+    assert_clean_failure(&o, 1, "needs a CUDA device");
+}
+
 const PROSE: &str = "The morning was grey and still. Down by the harbour the fishing boats rocked \
 gently at their moorings, and the gulls walked up and down the wet stones looking for scraps. \
 An old man sat on an upturned crate mending a net, his fingers moving quickly over the knots.";

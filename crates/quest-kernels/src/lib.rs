@@ -17,6 +17,10 @@ pub use backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaBuf, CudaTimer};
+/// The CUDA driver bindings the backend is built on (streams, events), for benchmarks that time
+/// kernels themselves.
+#[cfg(feature = "cuda")]
+pub use cudarc;
 pub use dtype::{DType, Elem, Half};
 pub use error::{KernelError, Result};
 pub use half::{bf16, f16};

@@ -1,4 +1,4 @@
-//! Kernel benchmark on the CUDA backend: paged decode (dense), Quest's estimate, top-k and sparse
+//! `quest bench kernels`: the kernel benchmark on the CUDA backend: paged decode (dense), Quest's estimate, top-k and sparse
 //! decode, and the whole Quest step, at head_dim 128, page 16, 32 query heads with 32 and 8 KV
 //! heads, batch 1, contexts 4K–128K, budgets 256–4096; plus the estimate over 8-bit bounds
 //! (`estimate_int8`, every context) and the Quest step with it (`quest_step_int8`, 32K/2048 and
@@ -6,7 +6,7 @@
 //! the decode GEMVs of the 7B/8B layers (rows `gemv_*`: the `context` column holds the weight
 //! rows m, `budget` the columns k).
 //!
-//! `cargo run --release -p quest-kernels --example bench_kernels -- [out.json]`
+//! `quest bench kernels [--json out.json]`
 //!
 //! Method: CUDA events around each run; before each run a 512 MiB read (an argmax over it) keeps
 //! the GPU busy while the host queues the op (so host-side launch time is not measured) and
@@ -16,7 +16,11 @@
 //! median of 25. Bandwidth = the bytes the op must move (each input read once, outputs written
 //! once) / time; "% copy" compares with a device-to-device copy measured in the same run.
 
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Args;
 
 use quest_kernels::{
     AttentionShape, Backend, BoundsFormat, CudaBackend, CudaBuf, DevicePageTable, PageTable,
@@ -34,7 +38,7 @@ const FLUSH_ROW: usize = 32768;
 /// (context, budget) of the Quest-step rows with 8-bit bounds.
 const INT8_STEPS: [(usize, usize); 2] = [(32768, 2048), (131072, 4096)];
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+type Res<T> = anyhow::Result<T>;
 
 struct Timer<'a> {
     be: &'a CudaBackend,
@@ -50,7 +54,7 @@ impl Timer<'_> {
         for i in 0..WARMUP + RUNS {
             self.be
                 .argmax(&self.flush, FLUSH_ROW, &mut self.flush_out)?;
-            let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let timing = Some(quest_kernels::cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
             let (a, b) = (ctx.new_event(timing)?, ctx.new_event(timing)?);
             a.record(self.be.stream())?;
             f(i % COPIES)?;
@@ -105,11 +109,16 @@ struct Row {
     bytes: f64,
 }
 
-fn main() -> Res<()> {
-    let out_path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "bench_kernels.json".into());
-    let be = CudaBackend::new(0)?;
+#[derive(Args, Debug)]
+pub struct KernelArgs {
+    /// Where to write the rows as JSON.
+    #[arg(long, default_value = "bench_kernels.json")]
+    pub json: PathBuf,
+}
+
+pub fn run(args: &KernelArgs) -> Res<()> {
+    let out_path = args.json.display().to_string();
+    let be = CudaBackend::new(0).context("quest bench kernels needs a CUDA device")?;
     let flush = random_f32(&be, 128 << 20)?;
     let flush_out = be.zeros::<u32>((128 << 20) / FLUSH_ROW)?;
     let mut timer = Timer {
