@@ -14,7 +14,7 @@
 //   exactly in f32); a +inf or NaN in the vector gives base +inf (max) / -inf (min) and step 0.
 //   Every operation is an IEEE-rounded intrinsic (no contraction into FMAs the CPU does not do),
 //   so codes and params are bit-identical to the CPU's.
-//   grid (n pages), block 256 = 8 warps: warp w encodes KV heads w, w + 8, ...;
+//   grid (n pages, ceil(num_kv_heads / 8)), block 256 = 8 warps: one KV head a warp;
 //   lane l channels l, l + 32, ... (head_dim <= 256: at most 8 a lane, kept in registers); min and
 //   max by warp shuffles.
 // estimate_pages_int8: scores[h, j] = sum_i max(q[b, h, i] * H_i, q[b, h, i] * L_i) with H_i, L_i
@@ -79,7 +79,8 @@ __device__ void update_bounds_int8(const T* kv, uint8_t* codes, float* params, c
     const int width = num_kv_heads * head_dim;
     const T* keys = kv + (size_t)p * 2 * page_size * width;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int g = warp; g < num_kv_heads; g += nwarps) {  // uniform over the warp
+    // Blocks along y split the KV heads, so a decode step's single page spreads over SMs.
+    for (int g = blockIdx.y * nwarps + warp; g < num_kv_heads; g += nwarps * gridDim.y) {  // uniform over the warp
         // Upward vectors: u = M (the max keys), d = -m (the negated min keys), clamped.
         float u[MAX_PER_LANE], d[MAX_PER_LANE];
         float ua = INFINITY, ub = -INFINITY, da = INFINITY, db = -INFINITY;
@@ -91,6 +92,7 @@ __device__ void update_bounds_int8(const T* kv, uint8_t* codes, float* params, c
             d[k] = 0.f;
             if (i < head_dim) {
                 float hi = -INFINITY, lo = INFINITY;
+#pragma unroll 4
                 for (int s = 0; s < len; ++s) {
                     float x = to_f32(keys[(size_t)s * width + g * head_dim + i]);
                     hi = fmaxf(hi, x);

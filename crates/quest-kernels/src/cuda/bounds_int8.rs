@@ -89,7 +89,12 @@ pub(super) fn update_bounds_int8<T: Half>(
         .arg(&hd)
         .arg(&np);
     let cfg = LaunchConfig {
-        grid_dim: (i32_of(OP, "pages", pages.len())? as u32, 1, 1),
+        // One warp per KV head: blocks of 8 warps along y (a decode step touches one page).
+        grid_dim: (
+            i32_of(OP, "pages", pages.len())? as u32,
+            (kvh as u32).div_ceil(8).max(1),
+            1,
+        ),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
