@@ -8,7 +8,9 @@
 
 mod attention;
 mod bounds_int8;
+mod checks;
 mod dense;
+mod device;
 mod paged;
 mod random;
 mod sampling;
@@ -16,6 +18,9 @@ mod select;
 mod timing;
 
 pub use timing::CudaTimer;
+
+use checks::{check_table, elementwise_grid};
+use device::{Family, guarded, probe};
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -29,34 +34,6 @@ use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
 use crate::dtype::{DType, Elem, Half};
 use crate::error::{KernelError, Result, arg_err, shape_err};
 use crate::layout::{PagedLayout, TableRows};
-
-/// The PTX modules, one per op family (see `ptx/`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Family {
-    Dense,
-    Paged,
-    Select,
-    BoundsInt8,
-    Decode,
-    Prefill,
-    Sampling,
-    Random,
-}
-
-impl Family {
-    fn ptx(self) -> &'static str {
-        match self {
-            Family::Dense => include_str!("../../../../ptx/dense.ptx"),
-            Family::Paged => include_str!("../../../../ptx/paged.ptx"),
-            Family::Select => include_str!("../../../../ptx/select.ptx"),
-            Family::BoundsInt8 => include_str!("../../../../ptx/bounds_int8.ptx"),
-            Family::Decode => include_str!("../../../../ptx/decode_attention.ptx"),
-            Family::Prefill => include_str!("../../../../ptx/prefill_attention.ptx"),
-            Family::Sampling => include_str!("../../../../ptx/sampling.ptx"),
-            Family::Random => include_str!("../../../../ptx/random.ptx"),
-        }
-    }
-}
 
 /// Small integer buffers keep a host copy (see [`CudaBuf`]) up to this many elements.
 const MIRROR_MAX: usize = 1 << 20;
@@ -176,53 +153,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct CudaBackend {
     inner: Arc<Inner>,
-}
-
-/// Serialises the panic-hook swap in [`guarded`].
-static HOOK_LOCK: Mutex<()> = Mutex::new(());
-
-/// Runs `f`, turning a panic (cudarc panics when the driver library or a symbol is missing) into
-/// `NoDevice`, with the default panic message silenced for the duration.
-fn guarded<R>(what: &str, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R> {
-    let _lock = HOOK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(f);
-    std::panic::set_hook(hook);
-    r.map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        KernelError::NoDevice(format!("{what}: {msg}"))
-    })
-}
-
-/// Checks that the driver library loads and that device `ordinal` exists.
-fn probe(ordinal: usize) -> Result<()> {
-    // SAFETY: only tries to dlopen the usual libcuda names; nothing is called through them.
-    let present = guarded("loading libcuda", || unsafe {
-        cudarc::driver::sys::is_culib_present()
-    })?;
-    if !present {
-        return Err(KernelError::NoDevice(
-            "the NVIDIA driver library (libcuda.so.1) was not found; install the driver or use the CPU backend".into(),
-        ));
-    }
-    let count = guarded("initialising the CUDA driver", CudaContext::device_count)?
-        .map_err(|e| KernelError::NoDevice(format!("CUDA driver initialisation failed: {e}")))?;
-    if count <= 0 {
-        return Err(KernelError::NoDevice(
-            "the driver reports no CUDA device".into(),
-        ));
-    }
-    if ordinal >= count as usize {
-        return Err(KernelError::NoDevice(format!(
-            "device {ordinal} requested but only {count} CUDA device(s) present"
-        )));
-    }
-    Ok(())
 }
 
 impl CudaBackend {
@@ -668,76 +598,4 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         attention::prefill_attention(self, q, kv, shape, table, qo_indptr, out)
     }
-}
-
-/// Grid-stride launch size for `n` elements with 256 threads a block.
-pub(crate) fn elementwise_grid(n: usize) -> u32 {
-    n.div_ceil(256).clamp(1, 65535 * 4) as u32
-}
-
-/// Checks a device page table against `layout` like [`crate::PageTable::validate`]: the row
-/// structure always (it is on the host), page ids and last-page lengths when the buffers carry
-/// host mirrors. Tables produced on the device (selection outputs) were built from validated
-/// inputs; the kernels also skip out-of-range pages, so no table can make them read outside the
-/// KV buffer.
-pub(crate) fn check_table(
-    op: &'static str,
-    table: &DevicePageTable<CudaBackend>,
-    layout: &PagedLayout,
-) -> Result<()> {
-    use crate::error::expect_len;
-    let ip = &table.indptr_host;
-    if ip.is_empty() || ip[0] != 0 {
-        return Err(shape_err(op, "page table indptr must start with 0"));
-    }
-    if let Some(r) = ip.windows(2).position(|w| w[1] < w[0]) {
-        return Err(shape_err(
-            op,
-            format!("page table indptr decreases at row {r}"),
-        ));
-    }
-    let rows = ip.len() - 1;
-    expect_len(
-        op,
-        "page table indptr (device)",
-        table.indptr.len(),
-        ip.len(),
-    )?;
-    expect_len(
-        op,
-        "page table last_page_len",
-        table.last_page_len.len(),
-        rows,
-    )?;
-    expect_len(op, "page table indices", table.indices.len(), table.nnz())?;
-    // Same checks and messages as PageTable::validate, on the mirrors, without copying them.
-    if let Some(last) = &table.last_page_len.mirror {
-        for (r, w) in ip.windows(2).enumerate() {
-            let l = last[r];
-            if w[1] > w[0] && (l < 1 || l as usize > layout.page_size) {
-                return Err(crate::error::index_err(
-                    op,
-                    format!(
-                        "row {r}: last_page_len {l} outside 1..={}",
-                        layout.page_size
-                    ),
-                ));
-            }
-        }
-    }
-    if let Some(indices) = &table.indices.mirror {
-        if let Some(i) = indices
-            .iter()
-            .position(|&p| p < 0 || p as usize >= layout.num_pages)
-        {
-            return Err(crate::error::index_err(
-                op,
-                format!(
-                    "page id {} at position {i} outside 0..{}",
-                    indices[i], layout.num_pages
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,78 @@
+//! Launch sizing and the host-side checks of device page tables shared by the kernel families.
+
+use super::CudaBackend;
+use crate::backend::DevicePageTable;
+use crate::error::{Result, shape_err};
+use crate::layout::PagedLayout;
+
+/// Grid-stride launch size for `n` elements with 256 threads a block.
+pub(crate) fn elementwise_grid(n: usize) -> u32 {
+    n.div_ceil(256).clamp(1, 65535 * 4) as u32
+}
+
+/// Checks a device page table against `layout` like [`crate::PageTable::validate`]: the row
+/// structure always (it is on the host), page ids and last-page lengths when the buffers carry
+/// host mirrors. Tables produced on the device (selection outputs) were built from validated
+/// inputs; the kernels also skip out-of-range pages, so no table can make them read outside the
+/// KV buffer.
+pub(crate) fn check_table(
+    op: &'static str,
+    table: &DevicePageTable<CudaBackend>,
+    layout: &PagedLayout,
+) -> Result<()> {
+    use crate::error::expect_len;
+    let ip = &table.indptr_host;
+    if ip.is_empty() || ip[0] != 0 {
+        return Err(shape_err(op, "page table indptr must start with 0"));
+    }
+    if let Some(r) = ip.windows(2).position(|w| w[1] < w[0]) {
+        return Err(shape_err(
+            op,
+            format!("page table indptr decreases at row {r}"),
+        ));
+    }
+    let rows = ip.len() - 1;
+    expect_len(
+        op,
+        "page table indptr (device)",
+        table.indptr.len(),
+        ip.len(),
+    )?;
+    expect_len(
+        op,
+        "page table last_page_len",
+        table.last_page_len.len(),
+        rows,
+    )?;
+    expect_len(op, "page table indices", table.indices.len(), table.nnz())?;
+    // Same checks and messages as PageTable::validate, on the mirrors, without copying them.
+    if let Some(last) = &table.last_page_len.mirror {
+        for (r, w) in ip.windows(2).enumerate() {
+            let l = last[r];
+            if w[1] > w[0] && (l < 1 || l as usize > layout.page_size) {
+                return Err(crate::error::index_err(
+                    op,
+                    format!(
+                        "row {r}: last_page_len {l} outside 1..={}",
+                        layout.page_size
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(indices) = &table.indices.mirror {
+        if let Some(i) = indices
+            .iter()
+            .position(|&p| p < 0 || p as usize >= layout.num_pages)
+        {
+            return Err(crate::error::index_err(
+                op,
+                format!(
+                    "page id {} at position {i} outside 0..{}",
+                    indices[i], layout.num_pages
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
