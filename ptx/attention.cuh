@@ -228,5 +228,6 @@ __device__ void merge_splits_impl(const float* part_o, const float* part_lse, fl
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                      \
     NAME(const float* q, const T* kv, const int* ip, const int* ix, const int* ll, const int* qo,  \
          float* out, float* po, float* pl, AttnParams p) {                                          \
+        grid_dependency_sync();                                                                     \
         attention_kernel<T, GB, PREFILL>(q, kv, ip, ix, ll, qo, out, po, pl, p);                    \
     }

@@ -143,6 +143,7 @@ __device__ void update_bounds_int8(const T* kv, uint8_t* codes, float* params, c
     extern "C" __global__ void __launch_bounds__(256)                                               \
     update_bounds_int8_##S(const T* kv, uint8_t* c, float* pr, const int* p, const int* l, int ps,  \
                            int kvh, int hd, int np) {                                               \
+        grid_dependency_sync();                                                                     \
         update_bounds_int8<T>(kv, c, pr, p, l, ps, kvh, hd, np);                                    \
     }
 UPDATE_INT8_INSTANCE(f16_t, f16)
@@ -271,6 +272,7 @@ __device__ void estimate_pages_int8(const float* __restrict__ q, const uint8_t* 
     extern "C" __global__ void __launch_bounds__(256, 2)                                            \
     estimate_pages_int8_g##G(const float* q, const uint8_t* c, const float* pr, const int* ip,      \
                              const int* ix, float* sc, Int8EstimateParams p) {                      \
+        grid_dependency_sync();                                                                     \
         estimate_pages_int8<G, PPT>(q, c, pr, ip, ix, sc, p);                                       \
     }
 ESTIMATE_INT8_INSTANCE(1, 4)

@@ -8,6 +8,18 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+// Programmatic dependent launch (sm_90+): every kernel calls this first. `griddepcontrol.wait`
+// returns once the grid launched before this one in the stream has completed and its writes are
+// visible, so nothing is read or written early; `launch_dependents` then lets the next kernel's
+// blocks be placed while this grid runs its tail (crates/quest-kernels/src/cuda/launch.rs). The
+// sm_80 build compiles to nothing: its launches carry no PDL attribute.
+__device__ __forceinline__ void grid_dependency_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 typedef __half f16_t;
 typedef __nv_bfloat16 bf16_t;
 

@@ -230,31 +230,40 @@ __device__ void gemm(const float* x, const W* w, float* out, int n, int k, int m
 
 #define DENSE_INSTANCES(W, S)                                                                     \
     extern "C" __global__ void embedding_##S(const W* t, const uint32_t* tok, float* o, int h) {  \
+        grid_dependency_sync();                                                                   \
         embedding<W>(t, tok, o, h);                                                               \
     }                                                                                             \
     extern "C" __global__ void rms_norm_##S(const float* x, const W* w, float* o, int d, float e) { \
+        grid_dependency_sync();                                                                   \
         rms_norm<W>(x, w, o, d, e);                                                               \
     }                                                                                             \
     extern "C" __global__ void add_rms_norm_##S(float* x, const float* y, const W* w, float* o,    \
                                                  int d, float e) {                                 \
+        grid_dependency_sync();                                                                   \
         add_rms_norm<W>(x, y, w, o, d, e);                                                        \
     }                                                                                             \
     extern "C" __global__ void gemv_any_##S(const float* x, const W* w, float* o, int n, int k, int m) { \
+        grid_dependency_sync();                                                                   \
         gemv_any<W>(x, w, o, n, k, m);                                                            \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(256) gemv1_##S(const float* x, GemvBatch p) {  \
+        grid_dependency_sync();                                                                   \
         gemv<W, 1, 2, 4, 8>(x, p);                                                                \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(256) gemv2_##S(const float* x, GemvBatch p) {  \
+        grid_dependency_sync();                                                                   \
         gemv<W, 2, 2, 4, 8>(x, p);                                                                \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(128) gemv4_##S(const float* x, GemvBatch p) {  \
+        grid_dependency_sync();                                                                   \
         gemv<W, 4, 4, 2, 4>(x, p);                                                                \
     }                                                                                             \
     extern "C" __global__ void __launch_bounds__(128) gemv8_##S(const float* x, GemvBatch p) {  \
+        grid_dependency_sync();                                                                   \
         gemv<W, 8, 8, 1, 4>(x, p);                                                                \
     }                                                                                             \
     extern "C" __global__ void gemm_##S(const float* x, const W* w, float* o, int n, int k, int m) { \
+        grid_dependency_sync();                                                                   \
         gemm<W>(x, w, o, n, k, m);                                                                \
     }
 DENSE_INSTANCES(f16_t, f16)
@@ -265,6 +274,7 @@ DENSE_INSTANCES(float, f32)
 // row_y = 0 for one tensor): one thread per (t, head, c < head_dim / 2) of x, then of y.
 extern "C" __global__ void rope(float* x, float* y, const int* positions, const float* inv_freq,
                                 long long n, int row_x, int row_y, int head_dim) {
+    grid_dependency_sync();
     int half = head_dim / 2;
     long long px = row_x / 2, py = row_y / 2, per_token = px + py;
     long long total = n * per_token;
@@ -285,6 +295,7 @@ extern "C" __global__ void rope(float* x, float* y, const int* positions, const 
 }
 
 extern "C" __global__ void silu_mul(const float* gate, const float* up, float* out, long long n) {
+    grid_dependency_sync();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         float g = gate[i];
@@ -293,6 +304,7 @@ extern "C" __global__ void silu_mul(const float* gate, const float* up, float* o
 }
 
 extern "C" __global__ void add_assign(float* x, const float* y, long long n) {
+    grid_dependency_sync();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x)
         x[i] += y[i];

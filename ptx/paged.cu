@@ -51,10 +51,12 @@ __device__ void update_bounds(const T* kv, T* bounds, const int* pages, const in
 #define PAGED_INSTANCES(T, S)                                                                       \
     extern "C" __global__ void append_kv_##S(T* kv, const float* k, const float* v, const int* s,   \
                                              int ps, int w, long long cap) {                        \
+        grid_dependency_sync();                                                                     \
         append_kv<T>(kv, k, v, s, ps, w, cap);                                                      \
     }                                                                                               \
     extern "C" __global__ void update_bounds_##S(const T* kv, T* b, const int* p, const int* l,     \
                                                  int ps, int w, int np) {                           \
+        grid_dependency_sync();                                                                     \
         update_bounds<T>(kv, b, p, l, ps, w, np);                                                   \
     }
 PAGED_INSTANCES(f16_t, f16)

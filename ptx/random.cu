@@ -31,6 +31,7 @@ __device__ void fill_random(T* out, long long n, unsigned long long seed, float 
 #define RANDOM_INSTANCES(T, S)                                                                    \
     extern "C" __global__ void fill_random_##S(T* o, long long n, unsigned long long seed,         \
                                                float scale) {                                     \
+        grid_dependency_sync();                                                                   \
         fill_random<T>(o, n, seed, scale);                                                        \
     }
 RANDOM_INSTANCES(f16_t, f16)

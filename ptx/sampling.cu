@@ -48,6 +48,7 @@ __device__ int block_argmax(const float* row, int vocab, float* sv, int* si) {
 }
 
 extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logits, int vocab, uint32_t* out) {
+    grid_dependency_sync();
     __shared__ float sv[1024];
     __shared__ int si[1024];
     int best = block_argmax(logits + (size_t)blockIdx.x * vocab, vocab, sv, si);
@@ -85,6 +86,7 @@ __device__ unsigned long long search_key(const float* row, int vocab, float max,
 
 extern "C" __global__ void __launch_bounds__(1024) sample_rows(const float* logits, int vocab, float temperature,
                                                  float top_p, const float* uniforms, uint32_t* out) {
+    grid_dependency_sync();
     __shared__ float sv[1024];
     __shared__ int si[1024];
     __shared__ float red[32];

@@ -25,48 +25,81 @@ struct EstimateParams {
     int batch, num_qo_heads, num_kv_heads, head_dim, nnz, num_pages;
 };
 
+#define EST_PPT 4  // pages per team: their loads are all issued before any arithmetic
+
 template <typename T>
-__device__ void estimate_pages(const float* q, const T* bounds, const int* indptr, const int* indices,
-                               float* scores, EstimateParams p) {
-    int team = p.head_dim / 8;  // power of two <= 32, checked on the host
-    int lane = threadIdx.x % team;
-    long long pair = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / team;
-    long long pairs = (long long)p.nnz * p.num_kv_heads;
-    bool live = pair < pairs;
-    int j = live ? (int)(pair / p.num_kv_heads) : 0;
-    int g = live ? (int)(pair % p.num_kv_heads) : 0;
-    int page = live ? indices[j] : 0;
-    if (page < 0 || page >= p.num_pages) live = false;
-    // Sequence of entry j: the last b with indptr[b] <= j.
-    int lo = 0, hi = p.batch - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (indptr[mid] <= j) lo = mid; else hi = mid - 1;
-    }
-    int b = lo;
-    int group = p.num_qo_heads / p.num_kv_heads;
-    float mx[8], mn[8];
-    if (live) {
-        load8(bounds + (((size_t)page * 2 + 0) * p.num_kv_heads + g) * p.head_dim + lane * 8, mx);
-        load8(bounds + (((size_t)page * 2 + 1) * p.num_kv_heads + g) * p.head_dim + lane * 8, mn);
-    }
-    for (int hh = 0; hh < group; ++hh) {
-        int h = g * group + hh;
-        float s = 0.f;
-        if (live) {
-            float qv[8];
-            load8(q + ((size_t)b * p.num_qo_heads + h) * p.head_dim + lane * 8, qv);
+__device__ void estimate_pages(const float* __restrict__ q, const T* __restrict__ bounds,
+                               const int* __restrict__ indptr, const int* __restrict__ indices,
+                               float* __restrict__ scores, EstimateParams p) {
+    const int team = p.head_dim / 8;  // power of two <= 32, checked on the host
+    const int lane = threadIdx.x % team;
+    const long long t = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / team;
+    const int g = (int)(t % p.num_kv_heads);
+    const long long j0 = (t / p.num_kv_heads) * EST_PPT;
+    const bool team_live = j0 < p.nnz;
+    // Every page's max and min first (EST_PPT x 2 x 16 bytes in flight per lane).
+    Raw8<T> mx[EST_PPT], mn[EST_PPT];
+    bool live[EST_PPT];
 #pragma unroll
-            for (int i = 0; i < 8; ++i) s += fmaxf(qv[i] * mx[i], qv[i] * mn[i]);
+    for (int u = 0; u < EST_PPT; ++u) {
+        const long long j = j0 + u;
+        const int page = (team_live && j < p.nnz) ? indices[j] : -1;
+        live[u] = page >= 0 && page < p.num_pages;
+        mx[u] = Raw8<T>{};
+        mn[u] = Raw8<T>{};
+        if (live[u]) {
+            const T* bp = bounds + (((size_t)page * 2) * p.num_kv_heads + g) * p.head_dim + lane * 8;
+            raw_load(bp, mx[u]);
+            raw_load(bp + (size_t)p.num_kv_heads * p.head_dim, mn[u]);
         }
-        for (int o = team / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (live && lane == 0) scores[(size_t)h * p.nnz + j] = s;
+    }
+    // The sequence of each entry: the last b with indptr[b] <= j (a chunk may cross rows).
+    int seq[EST_PPT];
+    {
+        int b = 0;
+        if (team_live) {
+            int lo = 0, hi = p.batch - 1;
+            while (lo < hi) {
+                const int mid = (lo + hi + 1) / 2;
+                if (indptr[mid] <= j0) lo = mid; else hi = mid - 1;
+            }
+            b = lo;
+        }
+#pragma unroll
+        for (int u = 0; u < EST_PPT; ++u) {
+            if (live[u]) while (j0 + u >= indptr[b + 1]) ++b;
+            seq[u] = b;
+        }
+    }
+    // Page by page (the bounds converted once), each query head of the group against them; the q
+    // rows are re-read from L1 rather than held for every head (registers decide the occupancy).
+    const int group = p.num_qo_heads / p.num_kv_heads;
+#pragma unroll
+    for (int u = 0; u < EST_PPT; ++u) {
+        float a[8], c[8];
+        raw_cvt(mx[u], a);
+        raw_cvt(mn[u], c);
+        for (int hh = 0; hh < group; ++hh) {
+            const int h = g * group + hh;
+            float s = 0.f;
+            if (live[u]) {
+                float qv[8];
+                load8(q + ((size_t)seq[u] * p.num_qo_heads + h) * p.head_dim + lane * 8, qv);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) s += fmaxf(qv[i] * a[i], qv[i] * c[i]);
+            }
+            // Uniform trip counts: every lane of the warp takes part in the shuffles.
+            for (int o = team / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (live[u] && lane == 0) scores[(size_t)h * p.nnz + j0 + u] = s;
+        }
     }
 }
 
 #define SELECT_INSTANCES(T, S)                                                                      \
-    extern "C" __global__ void estimate_pages_##S(const float* q, const T* b, const int* ip,        \
+    extern "C" __global__ void __launch_bounds__(256, 3)                                           \
+    estimate_pages_##S(const float* q, const T* b, const int* ip,                                  \
                                                   const int* ix, float* sc, EstimateParams p) {     \
+        grid_dependency_sync();                                                                     \
         estimate_pages<T>(q, b, ip, ix, sc, p);                                                     \
     }
 SELECT_INSTANCES(f16_t, f16)
@@ -129,6 +162,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
 select_top_pages(const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
                  const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
                  SelectParams p) {
+    grid_dependency_sync();
     __shared__ uint32_t s_keys[TOPK_CAP];
     __shared__ int hist[256];
     __shared__ int scan_sh[66];
@@ -257,6 +291,7 @@ select_top_pages(const float* __restrict__ scores, const int* in_indptr, const i
 //   grid (batch), block 256: threads stride over (head, forced page) pairs.
 extern "C" __global__ void force_pages(float* scores, const int* indptr, int nnz, int num_qo_heads,
                                        int first, int recent) {
+    grid_dependency_sync();
     const int b = blockIdx.x;
     const int start = indptr[b], n = indptr[b + 1] - start;
     const int last = n - 1;  // never forced: always kept

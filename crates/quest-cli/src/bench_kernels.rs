@@ -114,6 +114,19 @@ pub struct KernelArgs {
     /// Where to write the rows as JSON.
     #[arg(long, default_value = "bench_kernels.json")]
     pub json: PathBuf,
+    /// Context lengths of the attention rows.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "4096,8192,16384,32768,65536,131072"
+    )]
+    pub contexts: Vec<usize>,
+    /// KV head counts of the attention rows (32 query heads).
+    #[arg(long, value_delimiter = ',', default_value = "32,8")]
+    pub kv_heads: Vec<usize>,
+    /// Leave out the GEMV rows.
+    #[arg(long)]
+    pub no_gemv: bool,
 }
 
 pub fn run(args: &KernelArgs) -> Res<()> {
@@ -138,11 +151,17 @@ pub fn run(args: &KernelArgs) -> Res<()> {
         "copy bandwidth: {copy_gbs:.0} GB/s (1 GiB d2d, read + write, median {copy_us:.1} us)"
     );
 
-    let contexts = [4096usize, 8192, 16384, 32768, 65536, 131072];
+    let contexts = &args.contexts;
+    if contexts.is_empty() || contexts.iter().any(|&c| c < PS || c % PS != 0) {
+        anyhow::bail!("--contexts must be multiples of the page size {PS}");
+    }
+    if args.kv_heads.iter().any(|&h| h == 0 || HQ % h != 0) {
+        anyhow::bail!("--kv-heads must divide the {HQ} query heads");
+    }
     let budgets = [256usize, 512, 1024, 2048, 4096];
     let mut rows = Vec::new();
-    for hkv in [32usize, 8] {
-        let max_pages = contexts[contexts.len() - 1] / PS;
+    for &hkv in &args.kv_heads {
+        let max_pages = contexts.iter().max().copied().unwrap_or(PS) / PS;
         let layout = PagedLayout {
             num_pages: COPIES * max_pages,
             page_size: PS,
@@ -174,7 +193,7 @@ pub fn run(args: &KernelArgs) -> Res<()> {
         let mut out = be.zeros::<f32>(HQ * D)?;
         let (kv_tok_bytes, bound_page_bytes) = ((2 * hkv * D * 2) as f64, (2 * hkv * D * 2) as f64);
         let int8_page_bytes = (hkv * BoundsFormat::Int8.bytes_per_page_head(D, 2)) as f64;
-        for &ctx in &contexts {
+        for &ctx in contexts {
             let n = ctx / PS;
             let tables: Vec<DevicePageTable<CudaBackend>> = (0..COPIES)
                 .map(|c| {
@@ -363,7 +382,7 @@ pub fn run(args: &KernelArgs) -> Res<()> {
         ("8b_down", &[4096], 14336),
         ("8b_lm_head", &[128256], 4096),
     ];
-    for (name, ms, k) in gemvs {
+    for (name, ms, k) in gemvs.into_iter().filter(|_| !args.no_gemv) {
         let ws: Vec<Vec<CudaBuf<f16>>> = (0..COPIES)
             .map(|c| {
                 ms.iter()

@@ -3,7 +3,7 @@
 //! [`crate::cpu::attention`]. This file sizes the launch: the GQA head chunk per block and the
 //! split-K factor that fills the GPU.
 
-use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
 
 use super::select::{check_head_dim, i32_of};
 use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
@@ -140,7 +140,7 @@ fn launch<T: Half>(
         l.table.last_page_len.ptr(),
         out.touched(),
     );
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&qp)
         .arg(&l.kv_ptr)
         .arg(&ip)
@@ -166,7 +166,7 @@ fn launch<T: Half>(
     if splits > 1 {
         let m = be.func(op, l.family, "merge_splits")?;
         let (s, di) = (splits as i32, d as i32);
-        let mut b = be.stream().launch_builder(&m);
+        let mut b = be.launch_builder(&m);
         b.arg(&part_o).arg(&part_lse).arg(&op_ptr).arg(&s).arg(&di);
         let cfg = LaunchConfig {
             grid_dim: ((l.num_queries * hq) as u32, 1, 1),

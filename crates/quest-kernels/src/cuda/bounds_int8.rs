@@ -3,7 +3,7 @@
 //! [`crate::cpu::paged::update_bounds_int8`] (bit for bit) and
 //! [`crate::cpu::select::estimate_pages_int8`] (up to f32 summation order).
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::select::i32_of;
 use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
@@ -78,7 +78,7 @@ pub(super) fn update_bounds_int8<T: Half>(
     i32_of(OP, "token width", layout.token_width())?;
     let (kvp, cp, pp) = (kv.ptr(), codes.touched(), params.touched());
     let (ip, lp) = (pages.ptr(), page_lens.ptr());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&kvp)
         .arg(&cp)
         .arg(&pp)
@@ -161,7 +161,7 @@ pub(super) fn estimate_pages_int8(
     };
     let (qp, cp, pp) = (q.ptr(), codes.ptr(), params.ptr());
     let (ip, xp, sp) = (table.indptr.ptr(), table.indices.ptr(), scores.touched());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&qp)
         .arg(&cp)
         .arg(&pp)

@@ -2,7 +2,7 @@
 //! prefill), RoPE, SiLU·mul, residual add. Shapes are validated here exactly as in
 //! [`crate::cpu::dense`], before anything is launched.
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{CudaBackend, CudaBuf, Family, cuda_err, elementwise_grid, suffix};
 use crate::backend::{Backend, check_matmul_many};
@@ -56,7 +56,7 @@ pub(super) fn embedding<W: Half>(
     )?;
     let h = as_i32(OP, "hidden", hidden)?;
     let (tp, kp, op) = (table.ptr(), tokens.ptr(), out.touched());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&tp).arg(&kp).arg(&op).arg(&h);
     // SAFETY: argument types match `embedding_*(const W*, const u32*, float*, int)`; every token
     // was checked < vocab above, and out holds tokens.len() rows of `hidden`.
@@ -87,7 +87,7 @@ pub(super) fn rms_norm<W: Half>(
     let f = be.func(OP, Family::Dense, &format!("rms_norm_{}", suffix::<W>(OP)?))?;
     let d = as_i32(OP, "dim", dim)?;
     let (xp, wp, op) = (x.ptr(), weight.ptr(), out.touched());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&xp).arg(&wp).arg(&op).arg(&d).arg(&eps);
     // SAFETY: matches `rms_norm_*(const float*, const W*, float*, int, float)`; x and out hold
     // `rows` rows of `dim`, weight holds `dim`.
@@ -125,7 +125,7 @@ pub(super) fn add_rms_norm<W: Half>(
     )?;
     let d = as_i32(OP, "dim", dim)?;
     let (xp, yp, wp, op) = (x.touched(), y.ptr(), weight.ptr(), out.touched());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&xp).arg(&yp).arg(&wp).arg(&op).arg(&d).arg(&eps);
     // SAFETY: matches `add_rms_norm_*(float*, const float*, const W*, float*, int, float)`; x, y
     // and out hold `rows` rows of `dim`, weight holds `dim`.
@@ -196,7 +196,7 @@ fn gemv_batch<W: Half>(
         *f = as_i32(OP, "blocks", blocks)?;
     }
     let f = be.func(OP, Family::Dense, &format!("{prefix}_{}", suffix::<W>(OP)?))?;
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&x).arg(&p);
     let grid = u32::try_from(blocks).map_err(|_| arg_err(OP, "too many weight rows"))?;
     // SAFETY: matches `gemv<N>_*(const float* x, GemvBatch)`; every matrix holds m_i rows of k
@@ -237,14 +237,14 @@ pub(super) fn matmul<W: Half>(
         gemv_batch::<W>(be, xp, &[(wp, m, op)], n, k)?;
     } else if n <= GEMV_MAX_ROWS {
         let f = be.func(OP, Family::Dense, &format!("gemv_any_{s}"))?;
-        let mut b = be.stream().launch_builder(&f);
+        let mut b = be.launch_builder(&f);
         b.arg(&xp).arg(&wp).arg(&op).arg(&ni).arg(&ki).arg(&mi);
         // SAFETY: matches `gemv_any_*(const float*, const W*, float*, int n, int k, int m)`; one
         // warp per weight row, 8 warps a block; x, w and out have the lengths checked above.
         unsafe { b.launch(cfg((m.div_ceil(8) as u32, 1, 1), 256)) }.map_err(|e| cuda_err(OP, e))?;
     } else {
         let f = be.func(OP, Family::Dense, &format!("gemm_{s}"))?;
-        let mut b = be.stream().launch_builder(&f);
+        let mut b = be.launch_builder(&f);
         b.arg(&xp).arg(&wp).arg(&op).arg(&ni).arg(&ki).arg(&mi);
         let grid = (m.div_ceil(64) as u32, n.div_ceil(64) as u32, 1);
         // SAFETY: matches `gemm_*`'s signature; 64x64 output tiles with bounds checks inside.
@@ -340,7 +340,7 @@ pub(super) fn rope(
     );
     let yp = y.map(|y| y.touched()).unwrap_or(0);
     let (xp, pp, fp) = (x.touched(), positions.ptr(), inv_freq.ptr());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&xp)
         .arg(&yp)
         .arg(&pp)
@@ -372,7 +372,7 @@ pub(super) fn silu_mul(
     let f = be.func(OP, Family::Dense, "silu_mul")?;
     let n = gate.len() as i64;
     let (gp, upp, op) = (gate.ptr(), up.ptr(), out.touched());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&gp).arg(&upp).arg(&op).arg(&n);
     // SAFETY: matches `silu_mul(const float*, const float*, float*, long long)`; equal lengths.
     unsafe { b.launch(cfg((elementwise_grid(gate.len()), 1, 1), 256)) }
@@ -389,7 +389,7 @@ pub(super) fn add_assign(be: &CudaBackend, x: &mut CudaBuf<f32>, y: &CudaBuf<f32
     let f = be.func(OP, Family::Dense, "add_assign")?;
     let n = x.len() as i64;
     let (xp, yp) = (x.touched(), y.ptr());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&xp).arg(&yp).arg(&n);
     // SAFETY: matches `add_assign(float*, const float*, long long)`; equal lengths.
     unsafe { b.launch(cfg((elementwise_grid(n as usize), 1, 1), 256)) }

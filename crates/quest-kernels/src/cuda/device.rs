@@ -20,17 +20,35 @@ pub(crate) enum Family {
     Random,
 }
 
+/// The two PTX builds of every family (`ptx/build.sh`): `compute_80` for Ampere, and
+/// `compute_90`, whose kernels also open with `griddepcontrol.wait` for programmatic dependent
+/// launch (`launch.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum PtxArch {
+    Sm80,
+    Sm90,
+}
+
+macro_rules! ptx_pair {
+    ($arch:expr, $name:literal) => {
+        match $arch {
+            PtxArch::Sm80 => include_str!(concat!("../../../../ptx/", $name, ".sm80.ptx")),
+            PtxArch::Sm90 => include_str!(concat!("../../../../ptx/", $name, ".sm90.ptx")),
+        }
+    };
+}
+
 impl Family {
-    pub(super) fn ptx(self) -> &'static str {
+    pub(super) fn ptx(self, arch: PtxArch) -> &'static str {
         match self {
-            Family::Dense => include_str!("../../../../ptx/dense.ptx"),
-            Family::Paged => include_str!("../../../../ptx/paged.ptx"),
-            Family::Select => include_str!("../../../../ptx/select.ptx"),
-            Family::BoundsInt8 => include_str!("../../../../ptx/bounds_int8.ptx"),
-            Family::Decode => include_str!("../../../../ptx/decode_attention.ptx"),
-            Family::Prefill => include_str!("../../../../ptx/prefill_attention.ptx"),
-            Family::Sampling => include_str!("../../../../ptx/sampling.ptx"),
-            Family::Random => include_str!("../../../../ptx/random.ptx"),
+            Family::Dense => ptx_pair!(arch, "dense"),
+            Family::Paged => ptx_pair!(arch, "paged"),
+            Family::Select => ptx_pair!(arch, "select"),
+            Family::BoundsInt8 => ptx_pair!(arch, "bounds_int8"),
+            Family::Decode => ptx_pair!(arch, "decode_attention"),
+            Family::Prefill => ptx_pair!(arch, "prefill_attention"),
+            Family::Sampling => ptx_pair!(arch, "sampling"),
+            Family::Random => ptx_pair!(arch, "random"),
         }
     }
 }

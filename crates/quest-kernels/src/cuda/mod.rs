@@ -11,6 +11,7 @@ mod bounds_int8;
 mod checks;
 mod dense;
 mod device;
+mod launch;
 mod paged;
 mod random;
 mod sampling;
@@ -20,7 +21,7 @@ mod timing;
 pub use timing::CudaTimer;
 
 use checks::{check_table, elementwise_grid};
-use device::{Family, guarded, probe};
+use device::{Family, PtxArch, guarded, probe};
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -143,6 +144,11 @@ struct Inner {
     stream: Arc<CudaStream>,
     name: String,
     num_sms: u32,
+    /// Which PTX the modules load: sm_90 (with `griddepcontrol`) on compute capability 9.0 and
+    /// newer, sm_80 otherwise.
+    arch: PtxArch,
+    /// Launches carry the programmatic-dependent-launch attribute (`launch.rs`).
+    pdl: bool,
     modules: Mutex<HashMap<Family, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Split-K partial results, reused across calls (one stream orders all uses).
@@ -175,12 +181,28 @@ impl CudaBackend {
             )
             .map_err(|e| cuda_err("new", e))?
             .max(1) as u32;
+        let major = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            )
+            .map_err(|e| cuda_err("new", e))?;
+        let arch = if major >= 9 {
+            PtxArch::Sm90
+        } else {
+            PtxArch::Sm80
+        };
+        let pdl = arch == PtxArch::Sm90 && std::env::var("QUEST_PDL").map_or(true, |v| v != "0");
         Ok(CudaBackend {
             inner: Arc::new(Inner {
                 ctx,
                 stream,
-                name: format!("cuda:{ordinal} ({dev})"),
+                name: format!(
+                    "cuda:{ordinal} ({dev}, {})",
+                    if pdl { "PDL" } else { "no PDL" }
+                ),
                 num_sms,
+                arch,
+                pdl,
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 scratch: Mutex::new(None),
@@ -205,6 +227,11 @@ impl CudaBackend {
 
     pub(crate) fn num_sms(&self) -> u32 {
         self.inner.num_sms
+    }
+
+    /// Whether kernel launches use programmatic dependent launch (sm_90+, unless `QUEST_PDL=0`).
+    pub fn pdl(&self) -> bool {
+        self.inner.pdl
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -234,7 +261,7 @@ impl CudaBackend {
                     let m = self
                         .inner
                         .ctx
-                        .load_module(Ptx::from_src(family.ptx()))
+                        .load_module(Ptx::from_src(family.ptx(self.inner.arch)))
                         .map_err(|e| cuda_err(op, format!("loading {family:?} PTX: {e}")))?;
                     mods.insert(family, m.clone());
                     m

@@ -1,7 +1,7 @@
 //! Appending K/V to the paged cache and recomputing page key bounds (`ptx/paged.cu`); the
 //! checks and their order are those of [`crate::cpu::paged`].
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 use super::{CudaBackend, CudaBuf, Family, cuda_err, suffix};
 use crate::dtype::Half;
@@ -56,7 +56,7 @@ pub(super) fn append_kv<T: Half>(
     let (ps, w) = width_i32(OP, layout)?;
     let cap = capacity as i64;
     let (kvp, kp, vp, sp) = (kv.touched(), k.ptr(), v.ptr(), slots.ptr());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&kvp)
         .arg(&kp)
         .arg(&vp)
@@ -110,7 +110,7 @@ pub(super) fn update_bounds<T: Half>(
     let (ps, w) = width_i32(OP, layout)?;
     let np = i32::try_from(layout.num_pages).map_err(|_| arg_err(OP, "num_pages exceeds i32"))?;
     let (kvp, bp, pp, lp) = (kv.ptr(), bounds.touched(), pages.ptr(), page_lens.ptr());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&kvp)
         .arg(&bp)
         .arg(&pp)

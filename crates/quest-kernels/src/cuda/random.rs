@@ -1,7 +1,7 @@
 //! Synthetic data (`ptx/random.cu`): the same hash-based uniforms as [`crate::cpu::random`],
 //! bit for bit.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 use super::{CudaBackend, CudaBuf, Family, cuda_err, elementwise_grid, suffix};
 use crate::dtype::Half;
@@ -25,7 +25,7 @@ pub(super) fn fill_random<T: Half>(
     )?;
     let n = buf.len() as i64;
     let p = buf.touched();
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&p).arg(&n).arg(&seed).arg(&scale);
     let cfg = LaunchConfig {
         grid_dim: (elementwise_grid(buf.len()), 1, 1),

@@ -1,7 +1,7 @@
 //! Argmax and temperature / top-p sampling (`ptx/sampling.cu`), same spec as
 //! [`crate::cpu::dense::sample`].
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 use super::{CudaBackend, CudaBuf, Family, cuda_err};
 use crate::backend::SamplingParams;
@@ -49,7 +49,7 @@ pub(super) fn argmax(
     let f = be.func(OP, Family::Sampling, "argmax_rows")?;
     let v = vocab as i32;
     let (lp, op) = (logits.ptr(), out.touched());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&lp).arg(&v).arg(&op);
     // SAFETY: matches `argmax_rows(const float*, int, u32*)`, one 1024-thread block per row.
     unsafe { b.launch(rows_cfg(rows)) }.map_err(|e| cuda_err(OP, e))?;
@@ -83,7 +83,7 @@ pub(super) fn sample(
     let f = be.func(OP, Family::Sampling, "sample_rows")?;
     let v = vocab as i32;
     let (lp, up, op) = (logits.ptr(), uniforms.ptr(), out.touched());
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&lp)
         .arg(&v)
         .arg(&temperature)

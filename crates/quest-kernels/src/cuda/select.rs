@@ -1,7 +1,7 @@
 //! Quest's criticality estimate and top-k page selection (`ptx/select.cu`), same checks and the
 //! same (exact) results as [`crate::cpu::select`].
 
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
 use crate::backend::{AttentionShape, DevicePageTable};
@@ -87,7 +87,8 @@ pub(super) fn estimate_pages<T: Half>(
         Family::Select,
         &format!("estimate_pages_{}", suffix::<T>(OP)?),
     )?;
-    let threads = nnz * layout.num_kv_heads * (d / 8);
+    // EST_PPT (4) entries per team of d / 8 lanes, teams ordered (entry chunk, KV head).
+    let threads = nnz.div_ceil(4) * layout.num_kv_heads * (d / 8);
     let cfg = LaunchConfig {
         grid_dim: (threads.div_ceil(256) as u32, 1, 1),
         block_dim: (256, 1, 1),
@@ -100,7 +101,7 @@ pub(super) fn estimate_pages<T: Half>(
         table.indices.ptr(),
         scores.touched(),
     );
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&qp).arg(&bp).arg(&ip).arg(&xp).arg(&sp).arg(&p);
     // SAFETY: matches `estimate_pages_*(const float*, const T*, const int*, const int*, float*,
     // EstimateParams)`; lengths checked above; page ids are range-checked in the kernel.
@@ -178,7 +179,7 @@ pub(super) fn select_top_pages(
         out.indices.touched(),
         out.last_page_len.touched(),
     );
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&sp)
         .arg(&ip)
         .arg(&xp)
@@ -224,7 +225,7 @@ pub(super) fn force_pages(
         i32_of(OP, "first", first.min(i32::MAX as usize))?,
         i32_of(OP, "recent", recent.min(i32::MAX as usize))?,
     );
-    let mut b = be.stream().launch_builder(&f);
+    let mut b = be.launch_builder(&f);
     b.arg(&sp).arg(&ip).arg(&n).arg(&h).arg(&fi).arg(&re);
     let cfg = LaunchConfig {
         grid_dim: (i32_of(OP, "batch", batch)? as u32, 1, 1),
