@@ -190,80 +190,88 @@ __device__ void estimate_pages_int8(const float* __restrict__ q, const uint8_t* 
                                     Int8EstimateParams p) {
     const int team = p.head_dim >> 4;  // power of two <= 16, checked on the host
     const int lane = threadIdx.x & (team - 1);
-    const long long t = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / team;
-    const int g = (int)(t % p.num_kv_heads);
-    const long long r = t / p.num_kv_heads;
-    const int slice = (int)(r % p.slices);
-    const long long j0 = (r / p.slices) * PPT;
-    const int group = p.num_qo_heads / p.num_kv_heads;
-    const int h0 = g * group + slice * G;
-    const int nh = min(G, group - slice * G);
-    const bool team_live = j0 < p.nnz;
+    const int block_teams = blockDim.x / team;
+    const long long teams =
+        (long long)((p.nnz + PPT - 1) / PPT) * p.slices * p.num_kv_heads;
+    // Grid-stride over whole blocks of teams (block-uniform trip count for the shuffles); the
+    // grid holds only resident blocks, so there is no partial last wave.
+    for (long long t_block = (long long)blockIdx.x * block_teams; t_block < teams;
+         t_block += (long long)gridDim.x * block_teams) {
+        const long long t = t_block + threadIdx.x / team;
+        const int g = (int)(t % p.num_kv_heads);
+        const long long r = t / p.num_kv_heads;
+        const int slice = (int)(r % p.slices);
+        const long long j0 = (r / p.slices) * PPT;
+        const int group = p.num_qo_heads / p.num_kv_heads;
+        const int h0 = g * group + slice * G;
+        const int nh = min(G, group - slice * G);
+        const bool team_live = j0 < p.nnz;
 
-    // Every entry's loads first.
-    uint4 hi[PPT], lo[PPT];
-    float4 pr[PPT];
-    bool live[PPT];
+        // Every entry's loads first.
+        uint4 hi[PPT], lo[PPT];
+        float4 pr[PPT];
+        bool live[PPT];
 #pragma unroll
-    for (int u = 0; u < PPT; ++u) {
-        const long long j = j0 + u;
-        const int page = (team_live && j < p.nnz) ? indices[j] : -1;
-        live[u] = page >= 0 && page < p.num_pages;
-        hi[u] = make_uint4(0u, 0u, 0u, 0u);
-        lo[u] = make_uint4(0u, 0u, 0u, 0u);
-        pr[u] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (live[u]) {
-            const uint8_t* c =
-                codes + (((size_t)page * 2) * p.num_kv_heads + g) * p.head_dim + lane * 16;
-            hi[u] = *reinterpret_cast<const uint4*>(c);
-            lo[u] = *reinterpret_cast<const uint4*>(c + (size_t)p.num_kv_heads * p.head_dim);
-            pr[u] = *reinterpret_cast<const float4*>(params + ((size_t)page * p.num_kv_heads + g) * 4);
+        for (int u = 0; u < PPT; ++u) {
+            const long long j = j0 + u;
+            const int page = (team_live && j < p.nnz) ? indices[j] : -1;
+            live[u] = page >= 0 && page < p.num_pages;
+            hi[u] = make_uint4(0u, 0u, 0u, 0u);
+            lo[u] = make_uint4(0u, 0u, 0u, 0u);
+            pr[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (live[u]) {
+                const uint8_t* c =
+                    codes + (((size_t)page * 2) * p.num_kv_heads + g) * p.head_dim + lane * 16;
+                hi[u] = *reinterpret_cast<const uint4*>(c);
+                lo[u] = *reinterpret_cast<const uint4*>(c + (size_t)p.num_kv_heads * p.head_dim);
+                pr[u] = *reinterpret_cast<const float4*>(params + ((size_t)page * p.num_kv_heads + g) * 4);
+            }
         }
-    }
-    // The sequence of entry j0 (the last row b with indptr[b] <= j0) and its query vectors.
-    int b = 0, row_end = 0;
-    if (team_live) {
-        int lo_b = 0, hi_b = p.batch - 1;
-        while (lo_b < hi_b) {
-            const int mid = (lo_b + hi_b + 1) >> 1;
-            if (indptr[mid] <= j0) lo_b = mid; else hi_b = mid - 1;
+        // The sequence of entry j0 (the last row b with indptr[b] <= j0) and its query vectors.
+        int b = 0, row_end = 0;
+        if (team_live) {
+            int lo_b = 0, hi_b = p.batch - 1;
+            while (lo_b < hi_b) {
+                const int mid = (lo_b + hi_b + 1) >> 1;
+                if (indptr[mid] <= j0) lo_b = mid; else hi_b = mid - 1;
+            }
+            b = lo_b;
+            row_end = indptr[b + 1];
         }
-        b = lo_b;
-        row_end = indptr[b + 1];
-    }
-    float qv[G][16];
-    load_q<G>(q, p, b, h0, nh, lane, team_live, qv);
+        float qv[G][16];
+        load_q<G>(q, p, b, h0, nh, lane, team_live, qv);
 
 #pragma unroll
-    for (int u = 0; u < PPT; ++u) {
-        const long long j = j0 + u;
-        if (live[u] && j >= row_end) {  // a new sequence starts inside the chunk
-            do {
-                ++b;
-                row_end = indptr[b + 1];
-            } while (j >= row_end);
-            load_q<G>(q, p, b, h0, nh, lane, true, qv);
-        }
-        const uint32_t hw[4] = {hi[u].x, hi[u].y, hi[u].z, hi[u].w};
-        const uint32_t lw[4] = {lo[u].x, lo[u].y, lo[u].z, lo[u].w};
-        float s[G];
+        for (int u = 0; u < PPT; ++u) {
+            const long long j = j0 + u;
+            if (live[u] && j >= row_end) {  // a new sequence starts inside the chunk
+                do {
+                    ++b;
+                    row_end = indptr[b + 1];
+                } while (j >= row_end);
+                load_q<G>(q, p, b, h0, nh, lane, true, qv);
+            }
+            const uint32_t hw[4] = {hi[u].x, hi[u].y, hi[u].z, hi[u].w};
+            const uint32_t lw[4] = {lo[u].x, lo[u].y, lo[u].z, lo[u].w};
+            float s[G];
 #pragma unroll
-        for (int i = 0; i < G; ++i) s[i] = 0.f;
+            for (int i = 0; i < G; ++i) s[i] = 0.f;
 #pragma unroll
-        for (int k = 0; k < 16; ++k) {
-            const float hv = fmaf(code_at(hw[k >> 2], k & 3), pr[u].y, pr[u].x);
-            const float lv = fmaf(code_at(lw[k >> 2], k & 3), pr[u].w, pr[u].z);
+            for (int k = 0; k < 16; ++k) {
+                const float hv = fmaf(code_at(hw[k >> 2], k & 3), pr[u].y, pr[u].x);
+                const float lv = fmaf(code_at(lw[k >> 2], k & 3), pr[u].w, pr[u].z);
 #pragma unroll
-            for (int i = 0; i < G; ++i) s[i] += fmaxf(qv[i][k] * hv, qv[i][k] * lv);
-        }
-        for (int o = team >> 1; o > 0; o >>= 1) {  // every lane of the warp takes part
+                for (int i = 0; i < G; ++i) s[i] += fmaxf(qv[i][k] * hv, qv[i][k] * lv);
+            }
+            for (int o = team >> 1; o > 0; o >>= 1) {  // every lane of the warp takes part
 #pragma unroll
-            for (int i = 0; i < G; ++i) s[i] += __shfl_xor_sync(0xffffffffu, s[i], o);
-        }
-        if (live[u] && lane == 0) {
+                for (int i = 0; i < G; ++i) s[i] += __shfl_xor_sync(0xffffffffu, s[i], o);
+            }
+            if (live[u] && lane == 0) {
 #pragma unroll
-            for (int i = 0; i < G; ++i)
-                if (i < nh) scores[(size_t)(h0 + i) * p.nnz + j] = s[i];
+                for (int i = 0; i < G; ++i)
+                    if (i < nh) scores[(size_t)(h0 + i) * p.nnz + j] = s[i];
+            }
         }
     }
 }

@@ -152,7 +152,9 @@ pub(super) fn estimate_pages_int8(
         &format!("estimate_pages_int8_g{heads}"),
     )?;
     let threads = nnz.div_ceil(per_team) * layout.num_kv_heads * slices * (d / 16);
-    let blocks = u32::try_from(threads.div_ceil(256))
+    // The kernel loops grid-stride: at most the resident blocks (2 per SM, its
+    // __launch_bounds__), so there is no partial last wave.
+    let blocks = u32::try_from(threads.div_ceil(256).min(2 * be.num_sms() as usize))
         .map_err(|_| arg_err(OP, format!("{threads} threads exceed one launch")))?;
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),

@@ -88,9 +88,12 @@ pub(super) fn estimate_pages<T: Half>(
         &format!("estimate_pages_{}", suffix::<T>(OP)?),
     )?;
     // EST_PPT (4) entries per team of d / 8 lanes, teams ordered (entry chunk, KV head).
+    // The kernel loops grid-stride: at most the blocks that are resident at once (3 per SM, its
+    // __launch_bounds__), so there is no partial last wave.
     let threads = nnz.div_ceil(4) * layout.num_kv_heads * (d / 8);
+    let blocks = threads.div_ceil(256).min(3 * be.num_sms() as usize);
     let cfg = LaunchConfig {
-        grid_dim: (threads.div_ceil(256) as u32, 1, 1),
+        grid_dim: (blocks as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
