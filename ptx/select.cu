@@ -5,8 +5,11 @@
 //   for page p = indices[j] of sequence row b (found by binary search in indptr) and KV head
 //   g = h / group: an upper bound of q.k over the page's keys. A team of head_dim / 8 lanes owns
 //   one (page, KV head) pair, loads its max and min vectors once with 16-byte loads and scores all
-//   the query heads of the GQA group against them, reducing over the team with shuffles.
-//   grid (ceil(nnz * num_kv_heads / teams per block)), block 256.
+//   the query heads of the GQA group against them, reducing over the team with shuffles. A team
+//   takes EST_PPT consecutive entries and issues all their loads before any arithmetic. Blocks of
+//   256 threads loop over the teams grid-stride, grid = min(blocks needed, SMs x EST_MIN_BLOCKS),
+//   so the DRAM stream never waits on a partial last wave (variants and their H100 times:
+//   scripts/kernel-experiments/estimate_variants.cu).
 // select_top_pages: per (sequence b, head row), keys key_j = score of page j (PerQoHead) or the sum
 //   over the group's query heads in ascending order (PerKvHead, the CPU's order, so the sums are
 //   bit-identical), for every page but the row's last. The budget - 1 best pages win: best score
@@ -26,7 +29,12 @@ struct EstimateParams {
     int batch, num_qo_heads, num_kv_heads, head_dim, nnz, num_pages;
 };
 
-#define EST_PPT 4  // pages per team: their loads are all issued before any arithmetic
+#ifndef EST_PPT  // variants: scripts/kernel-experiments/estimate_variants.cu
+#define EST_PPT 2  // pages per team: their loads are all issued before any arithmetic
+#endif
+#ifndef EST_MIN_BLOCKS
+#define EST_MIN_BLOCKS 4  // resident 256-thread blocks per SM (__launch_bounds__); the host matches it
+#endif
 
 template <typename T>
 __device__ void estimate_pages(const float* __restrict__ q, const T* __restrict__ bounds,
@@ -104,7 +112,7 @@ __device__ void estimate_pages(const float* __restrict__ q, const T* __restrict_
 }
 
 #define SELECT_INSTANCES(T, S)                                                                      \
-    extern "C" __global__ void __launch_bounds__(256, 3)                                           \
+    extern "C" __global__ void __launch_bounds__(256, EST_MIN_BLOCKS)                              \
     estimate_pages_##S(const float* q, const T* b, const int* ip, const int* ix, float* sc,        \
                        EstimateParams p) {                                                          \
         grid_dependency_sync();                                                                     \

@@ -87,11 +87,11 @@ pub(super) fn estimate_pages<T: Half>(
         Family::Select,
         &format!("estimate_pages_{}", suffix::<T>(OP)?),
     )?;
-    // EST_PPT (4) entries per team of d / 8 lanes, teams ordered (entry chunk, KV head).
-    // The kernel loops grid-stride: at most the blocks that are resident at once (3 per SM, its
-    // __launch_bounds__), so there is no partial last wave.
-    let threads = nnz.div_ceil(4) * layout.num_kv_heads * (d / 8);
-    let blocks = threads.div_ceil(256).min(3 * be.num_sms() as usize);
+    // EST_PPT (2) entries per team of d / 8 lanes; the kernel loops grid-stride over at most
+    // the blocks resident at once (EST_MIN_BLOCKS = 4 per SM, its __launch_bounds__), so there is
+    // no partial last wave. Chosen on the H100 from scripts/kernel-experiments/estimate_variants.cu.
+    let threads = nnz.div_ceil(2) * layout.num_kv_heads * (d / 8);
+    let blocks = threads.div_ceil(256).min(4 * be.num_sms() as usize);
     let cfg = LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (256, 1, 1),
