@@ -1,7 +1,9 @@
 //! KV selection policies: which pages each head attends to in a decode step. All of them run
 //! before the same paged attention kernel; prefill is always dense.
 
-use quest_kernels::{AttentionShape, Backend, BoundsFormat, DevicePageTable, Half, TableRows};
+use quest_kernels::{
+    AttentionShape, Backend, BoundsFormat, DevicePageTable, Half, SelectOptions, TableRows,
+};
 use quest_kvcache::{KvCache, StepPlan};
 
 use crate::error::{ModelError, Result};
@@ -192,9 +194,9 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
             scores,
             input.shape,
             table,
-            budget_pages,
-            self.config.rows,
+            SelectOptions::top_k(budget_pages, self.config.rows),
             out,
+            None,
         )?;
         Ok(Selection::Pages(out, self.config.rows))
     }
