@@ -23,6 +23,24 @@
 //   equal) counts gives every winner's slot, above_before + min(equal_before, still_needed).
 //   Winners are written in table order, the last page after them. One block of 1024 threads per
 //   output row; rows with at most budget pages are copied. grid (batch * heads).
+// select_top_pages_mass (the adaptive budget, `SelectOptions::mass = p < 1`): the same top-k
+//   (rows within the budget: every candidate wins, no radix passes), then of the winners only the
+//   forced ones (key of +inf) and the shortest best-first prefix of the others whose estimated
+//   softmax mass reaches p of the row's:
+//     m_j = exp(scale * (s_j - s_max)), scale = sm_scale / group (summed rows: per-head scale),
+//     s_max = the largest finite candidate score (a block max of u32 keys, which order like the
+//     scores), total = the sum of m_j over every finite non-forced candidate (block_sum; NaN and
+//     -inf have no mass), and a non-forced winner is kept iff the mass of the non-forced winners
+//     before it (best first) is < p * total.
+//   The winners (at most MASS_CAP = 1024, checked on the host: one per thread) go to shared
+//   memory as 64-bit sort keys (key << 32 | ~slot, slot = the winner's rank in table order) and
+//   their page ids by slot; a bitonic sort (descending, next power of two of the winner count:
+//   log2(n)(log2(n)+1)/2 barrier steps) puts the best first, ties to the earlier page; one float
+//   block scan in that order gives every winner the mass before it, a flag per slot records the
+//   verdict, and one int block scan in slot order places the kept pages first (table order), the
+//   rest of the slots -1 (EMPTY_PAGE), the last page last. f32 sums in block order, not the CPU's
+//   sequential order: a page within rounding of the cut may go either way (the tests allow it).
+//   `kept` (null or one u64): both kernels add the pages they wrote (tid 0, one atomic a row).
 #include "common.cuh"
 
 struct EstimateParams {
@@ -124,6 +142,8 @@ SELECT_INSTANCES(float, f32)
 
 struct SelectParams {
     int num_qo_heads, heads, group, nnz, budget;
+    float mass;   // adaptive budget threshold p < 1 (select_top_pages_mass only)
+    float scale;  // sm_scale / group: a page's mass is exp(scale * (s - s_max))
 };
 
 // Order-preserving key: larger score -> larger key; NaN -> 0 (below -inf); -0.0 == +0.0.
@@ -133,6 +153,13 @@ __device__ __forceinline__ uint32_t score_key(float s) {
     uint32_t u = __float_as_uint(s);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+
+// The score of a key (the inverse of score_key for every key but 0, which is NaN).
+__device__ __forceinline__ float key_score(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+#define KEY_POS_INF 0xff800000u  // score_key(+inf): a page forced by force_pages
+#define KEY_NEG_INF 0x007fffffu  // score_key(-inf); finite scores lie strictly between the two
 
 __device__ __forceinline__ uint32_t page_key(const float* scores, int start, int j, SelectParams p,
                                              int head) {
@@ -154,6 +181,7 @@ __device__ __forceinline__ uint32_t page_key(const float* scores, int start, int
 #define TOPK_EARLY 1
 #endif
 #define TOPK_CAP 8192  // candidate keys cached in shared memory (32 KB); longer rows re-read
+#define MASS_CAP 1024  // winners the adaptive kernel sorts in shared memory (checked on the host)
 
 // Exclusive prefix sums of (a, b) over the block in thread order, totals in *ta, *tb.
 // `sh` needs 66 ints. Ends with a barrier.
@@ -185,29 +213,74 @@ __device__ __forceinline__ int2 block_exclusive_scan2(int a, int b, int* sh, int
     return r;
 }
 
-extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
-select_top_pages(const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
-                 const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
-                 SelectParams p) {
-    grid_dependency_sync();
+// Exclusive prefix sum of a float over the block in thread order (a fixed order, so the result
+// is the same on every run). `sh` needs 32 floats. Ends with a barrier.
+__device__ __forceinline__ float block_exclusive_scan_f(float v, float* sh) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    float x = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        float y = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o) x += y;
+    }
+    if (lane == 31) sh[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < nw ? sh[lane] : 0.f;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            float y = __shfl_up_sync(0xffffffffu, w, o);
+            if (lane >= o) w += y;
+        }
+        if (lane < nw) sh[lane] = w;  // inclusive per-warp totals
+    }
+    __syncthreads();
+    // Exclusive within the warp by shifting the inclusive sums (x - v would round differently).
+    float ex = __shfl_up_sync(0xffffffffu, x, 1);
+    if (lane == 0) ex = 0.f;
+    float before = (warp > 0 ? sh[warp - 1] : 0.f) + ex;
+    __syncthreads();
+    return before;
+}
+
+// MASS = false: select_top_pages, the plain top-k. MASS = true: select_top_pages_mass, the
+// adaptive budget (see the header comment). Shared memory: 34 KB, + 13.3 KB with MASS.
+template <bool MASS>
+__device__ __forceinline__ void select_top_pages_impl(
+        const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
+        const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
+        unsigned long long* kept, SelectParams p) {
     __shared__ uint32_t s_keys[TOPK_CAP];
     __shared__ int hist[256];
     __shared__ int scan_sh[66];
     __shared__ uint32_t s_prefix;
     __shared__ int s_remaining;
     __shared__ int s_done;
+    // Adaptive budget: the winners as (key << 32 | ~slot) sort keys, their pages by slot (table
+    // order), which of them are kept, the largest finite key, scan and reduction space.
+    __shared__ unsigned long long s_sort[MASS ? MASS_CAP : 1];
+    __shared__ int s_wpage[MASS ? MASS_CAP : 1];
+    __shared__ unsigned char s_flag[MASS ? MASS_CAP : 1];
+    __shared__ float s_red[MASS ? 32 : 1];
+    __shared__ uint32_t s_kmax;
     const int nt = blockDim.x, tid = threadIdx.x;
     int row = blockIdx.x, b = row / p.heads, head = row % p.heads;
     int start = in_indptr[b], end = in_indptr[b + 1], n = end - start;
     int dst = out_indptr[row];
     if (tid == 0) out_last[row] = in_last[b];
-    if (n <= p.budget) {
+    const int slots = min(n, p.budget);
+    if (n <= p.budget && (!MASS || n <= 1)) {
         for (int i = tid; i < n; i += nt) out_indices[dst + i] = in_indices[start + i];
+        if (kept != nullptr && tid == 0) atomicAdd(kept, (unsigned long long)n);
         return;
     }
-    if (tid == 0) out_indices[dst + p.budget - 1] = in_indices[end - 1];
-    const int cand = n - 1, want = p.budget - 1;
-    if (want == 0) return;  // only the last page: uniform
+    if (tid == 0) out_indices[dst + slots - 1] = in_indices[end - 1];
+    const int cand = n - 1, want = slots - 1;
+    if (!MASS && kept != nullptr && tid == 0) atomicAdd(kept, (unsigned long long)slots);
+    if (want == 0) {  // only the last page: uniform
+        if (MASS && kept != nullptr && tid == 0) atomicAdd(kept, 1ull);
+        return;
+    }
     const bool cached = cand <= TOPK_CAP;
     if (cached) {
         // Keys once into shared memory, 8 loads in flight per thread (group sums in ascending
@@ -232,12 +305,14 @@ select_top_pages(const float* __restrict__ scores, const int* in_indptr, const i
         }
     }
     auto key = [&](int j) -> uint32_t { return cached ? s_keys[j] : page_key(scores, start, j, p, head); };
-    if (tid == 0) { s_prefix = 0; s_remaining = want; s_done = 0; }
+    // Every candidate wins when the row is within the budget (adaptive rows only): threshold 0,
+    // no bit fixed, so every key compares equal to it.
+    if (tid == 0) { s_prefix = 0; s_remaining = MASS && want == cand ? cand : want; s_done = 0; }
     __syncthreads();
     uint32_t fixed = 0;  // the bits of the threshold key known so far
     // Radix select of the want-th largest key, one 8-bit digit per pass from the top.
     const int lane = tid & 31;
-    for (int pass = 0; pass < 4; ++pass) {
+    for (int pass = 0; pass < 4 && (!MASS || want < cand); ++pass) {
         const int shift = 24 - 8 * pass;
         const uint32_t mask_hi = pass == 0 ? 0u : (0xffffffffu << (shift + 8));
         for (int i = tid; i < 256; i += nt) hist[i] = 0;
@@ -311,15 +386,111 @@ select_top_pages(const float* __restrict__ scores, const int* in_indptr, const i
     int2 before = block_exclusive_scan2(n_above, n_eq, scan_sh, &t_above, &t_eq);
     int above = before.x, eq = before.y;
     for (int j = j_lo; j < j_hi; ++j) {
-        uint32_t k = key(j) & fixed;
+        const uint32_t full = key(j);  // the adaptive sort needs the whole key
+        const uint32_t k = full & fixed;
+        int slot = -1;
         if (k > thresh) {
-            out_indices[dst + above + min(eq, need_eq)] = in_indices[start + j];
+            slot = above + min(eq, need_eq);
             ++above;
         } else if (k == thresh) {
-            if (eq < need_eq) out_indices[dst + above + eq] = in_indices[start + j];
+            if (eq < need_eq) slot = above + eq;
             ++eq;
         }
+        if (slot >= 0) {
+            if (MASS) {
+                s_sort[slot] = ((unsigned long long)full << 32) | (uint32_t)~slot;
+                s_wpage[slot] = in_indices[start + j];
+            } else {
+                out_indices[dst + slot] = in_indices[start + j];
+            }
+        }
     }
+    if (!MASS) return;
+
+    // ---- adaptive budget ----
+    // s_max: the largest finite key of all candidates; total: their non-forced mass.
+    if (tid == 0) s_kmax = 0u;
+    __syncthreads();
+    uint32_t kmax = 0u;
+    for (int j = tid; j < cand; j += nt) {
+        uint32_t k = key(j);
+        if (k > KEY_NEG_INF && k < KEY_POS_INF) kmax = max(kmax, k);
+    }
+    kmax = __reduce_max_sync(0xffffffffu, kmax);
+    if (lane == 0 && kmax != 0u) atomicMax(&s_kmax, kmax);
+    // Sort padding: below every winner (a winner's low word ~slot is never 0).
+    int sort_n = 1;
+    while (sort_n < want) sort_n <<= 1;
+    for (int i = want + tid; i < sort_n; i += nt) s_sort[i] = 0ull;
+    __syncthreads();
+    const bool any_finite = s_kmax != 0u;
+    const float s_max = any_finite ? key_score(s_kmax) : 0.f;
+    float part = 0.f;
+    if (any_finite) {
+        for (int j = tid; j < cand; j += nt) {
+            uint32_t k = key(j);
+            if (k > KEY_NEG_INF && k < KEY_POS_INF) part += expf(p.scale * (key_score(k) - s_max));
+        }
+    }
+    const float total = block_sum(part, s_red);
+    // Bitonic sort of the winners, descending: best key first, earlier slot (page) on ties.
+    for (int k2 = 2; k2 <= sort_n; k2 <<= 1) {
+        for (int jj = k2 >> 1; jj > 0; jj >>= 1) {
+            for (int i = tid; i < sort_n; i += nt) {
+                int ixj = i ^ jj;
+                if (ixj > i) {
+                    unsigned long long x = s_sort[i], y = s_sort[ixj];
+                    bool desc = (i & k2) == 0;
+                    if (desc ? x < y : x > y) { s_sort[i] = y; s_sort[ixj] = x; }
+                }
+            }
+            __syncthreads();
+        }
+    }
+    // Thread i holds the i-th best winner; its non-forced mass before it decides its fate.
+    bool keep = false;
+    float m = 0.f;
+    int wslot = 0;
+    bool forced = false;
+    if (tid < want) {
+        unsigned long long e = s_sort[tid];
+        uint32_t k = (uint32_t)(e >> 32);
+        wslot = (int)~(uint32_t)e;
+        forced = k == KEY_POS_INF;
+        if (any_finite && k > KEY_NEG_INF && k < KEY_POS_INF) m = expf(p.scale * (key_score(k) - s_max));
+    }
+    const float mass_before = block_exclusive_scan_f(m, s_red);
+    if (tid < want) {
+        keep = forced || mass_before < p.mass * total;
+        s_flag[wslot] = keep ? 1 : 0;
+    }
+    __syncthreads();
+    // Kept pages in table order, then empty slots, then (already written) the last page.
+    int flag = tid < want ? s_flag[tid] : 0, count;
+    int pos = block_exclusive_scan(flag, scan_sh, &count);
+    if (tid < want) {
+        if (flag) out_indices[dst + pos] = s_wpage[tid];
+        else out_indices[dst + count + (tid - pos)] = -1;
+    }
+    if (kept != nullptr && tid == 0) atomicAdd(kept, (unsigned long long)count + 1ull);
+}
+
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
+select_top_pages(const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
+                 const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
+                 unsigned long long* kept, SelectParams p) {
+    grid_dependency_sync();
+    select_top_pages_impl<false>(scores, in_indptr, in_indices, in_last, out_indptr, out_indices,
+                                 out_last, kept, p);
+}
+
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
+select_top_pages_mass(const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
+                      const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
+                      unsigned long long* kept, SelectParams p) {
+    grid_dependency_sync();
+    select_top_pages_impl<true>(scores, in_indptr, in_indices, in_last, out_indptr, out_indices,
+                                out_last, kept, p);
 }
 
 // force_pages: sets scores[h, j] = +inf for every query head h and, in each sequence row b of n

@@ -14,7 +14,9 @@ use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use quest_fuzz::Bytes;
-use quest_kernels::{AttentionShape, Backend, CpuBackend, DevicePageTable, TableRows, f16};
+use quest_kernels::{
+    AttentionShape, Backend, CpuBackend, DevicePageTable, SelectOptions, TableRows, f16,
+};
 use quest_kvcache::{CacheConfig, CacheError, KvCache, SeqId, StepPlan};
 
 type Cache = KvCache<CpuBackend, f16>;
@@ -429,7 +431,14 @@ fn check_select(
     let mut out = DevicePageTable::for_selection(&CpuBackend, &table.indptr_host, heads, budget)
         .expect("selection table");
     CpuBackend
-        .select_top_pages(&scores, &shape, table, budget, kind, &mut out)
+        .select_top_pages(
+            &scores,
+            &shape,
+            table,
+            SelectOptions::top_k(budget, kind),
+            &mut out,
+            None,
+        )
         .expect("select over a valid plan");
     let got = out.to_host(&CpuBackend).expect("cpu download");
     for (r, (_, _, _, pages)) in rows.iter().enumerate() {

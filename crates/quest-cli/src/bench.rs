@@ -81,6 +81,10 @@ pub struct DecodeArgs {
     /// with 8-bit bounds are named `quest+int8`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f16")]
     pub bounds: Vec<BoundsArg>,
+    /// Quest: adaptive budget: keep each head's best pages only until their estimated softmax
+    /// mass reaches P (0 < P <= 1), the budget being the cap (rows named `quest+mass`).
+    #[arg(long, value_name = "P")]
+    pub mass: Option<f32>,
     /// Also time every row with activation buffers allocated afresh in each step (the
     /// behaviour before the workspace was reused).
     #[arg(long)]
@@ -114,6 +118,8 @@ struct Row {
     kv_bytes: usize,
     bounds_bytes: usize,
     total_bytes: usize,
+    /// Quest: average pages read per selected row over the row's steps.
+    pages_per_row: Option<f64>,
     /// `total_bytes` over the copy bandwidth measured in the same run.
     ideal_ms: Option<f64>,
     /// `ideal_ms / ms_per_step`.
@@ -175,6 +181,7 @@ pub fn run(cmd: BenchCommand, quiet: bool) -> Result<()> {
     if args.batch.contains(&0) || args.budget.contains(&0) {
         bail!("every --batch and --budget must be positive");
     }
+    crate::eval::check_mass(args.mass)?;
     match args.device {
         Device::Cpu => {
             let timer = HostTimer(std::cell::Cell::new(None));
@@ -277,12 +284,17 @@ fn run_on<B: Backend>(
                                 sink_pages: 0,
                                 recent_pages: 0,
                                 bounds: bounds.format(),
+                                mass: args.mass,
                             })?;
                             let name = match bounds {
                                 BoundsArg::F16 => "quest",
                                 BoundsArg::Int8 => "quest+int8",
                             };
-                            configs.push((name.into(), Some(budget), Box::new(q)));
+                            let name = match args.mass {
+                                Some(p) => format!("{name}+mass{p}"),
+                                None => name.to_string(),
+                            };
+                            configs.push((name, Some(budget), Box::new(q)));
                         }
                     }
                 }
@@ -295,7 +307,7 @@ fn run_on<B: Backend>(
             for (name, budget, policy) in &mut configs {
                 for &reuse in reuse_modes {
                     model.set_workspace_reuse(reuse);
-                    let (times, stats) = time_steps(
+                    let (times, stats, pages_per_row) = time_steps(
                         &model,
                         &mut cache,
                         policy.as_mut(),
@@ -308,6 +320,10 @@ fn run_on<B: Backend>(
                     let row = make_row(
                         shape, &cfg, context, batch, name, *budget, reuse, &times, stats, copy_bw,
                     );
+                    let row = Row {
+                        pages_per_row,
+                        ..row
+                    };
                     if !quiet {
                         eprintln!("{}", format_row(&row));
                     }
@@ -333,8 +349,9 @@ fn run_on<B: Backend>(
 }
 
 /// Runs `warmup + steps` decode steps, rolling every sequence back to `context` tokens after each
-/// so every step attends over exactly `context + 1` tokens. Returns the timed steps' milliseconds
-/// and the read statistics of the last step.
+/// so every step attends over exactly `context + 1` tokens. Returns the timed steps' milliseconds,
+/// the read statistics of the last step (with the adaptive budget's pages, counted on the device
+/// and read once after the steps, averaged over them) and the pages read per selected row.
 fn time_steps<B: Backend>(
     model: &Llama<B, f16>,
     cache: &mut KvCache<B, f16>,
@@ -343,7 +360,7 @@ fn time_steps<B: Backend>(
     context: usize,
     args: &DecodeArgs,
     timer: &dyn StepTimer,
-) -> Result<(Vec<f64>, ReadStats)> {
+) -> Result<(Vec<f64>, ReadStats, Option<f64>)> {
     let backend = model.backend();
     let vocab = model.config().vocab_size as u32;
     let toks: Vec<[u32; 1]> = (0..seqs.len())
@@ -353,6 +370,7 @@ fn time_steps<B: Backend>(
     let mut next = backend.zeros::<u32>(seqs.len())?;
     let mut times = Vec::with_capacity(args.steps);
     let mut stats = ReadStats::default();
+    let before = policy.page_reads()?.unwrap_or_default();
     backend.synchronize()?;
     for step in 0..args.warmup + args.steps {
         timer.start()?;
@@ -367,7 +385,19 @@ fn time_steps<B: Backend>(
             cache.truncate(s, context)?;
         }
     }
-    Ok((times, stats))
+    let pages_per_row = match policy.page_reads()? {
+        Some(after) if after.rows > before.rows => {
+            let (rows, pages) = (after.rows - before.rows, after.pages - before.pages);
+            if stats.adaptive_slots > 0 {
+                let per_step = pages as f64 / (args.warmup + args.steps) as f64;
+                stats.kv_bytes = stats.kv_bytes_with(per_step.round() as u64);
+                stats.adaptive_slots = 0;
+            }
+            Some(pages as f64 / rows as f64)
+        }
+        _ => None,
+    };
+    Ok((times, stats, pages_per_row))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -405,6 +435,7 @@ fn make_row(
         kv_bytes: stats.kv_bytes,
         bounds_bytes: stats.bounds_bytes,
         total_bytes: total,
+        pages_per_row: None,
         ideal_ms,
         fraction_of_limit: ideal_ms.map(|i| i / median),
     }

@@ -24,7 +24,7 @@ use clap::Args;
 
 use quest_kernels::{
     AttentionShape, Backend, BoundsFormat, CudaBackend, CudaBuf, DevicePageTable, PageTable,
-    PagedLayout, TableRows, f16,
+    PagedLayout, SelectOptions, TableRows, f16,
 };
 
 const COPIES: usize = 3;
@@ -267,9 +267,9 @@ pub fn run(args: &KernelArgs) -> Res<()> {
                         &scores[c],
                         &shape,
                         &tables[c],
-                        bp,
-                        TableRows::PerKvHead,
+                        SelectOptions::top_k(bp, TableRows::PerKvHead),
                         &mut sels[c],
+                        None,
                     )?)
                 })?;
                 rows.push(Row {
@@ -305,9 +305,9 @@ pub fn run(args: &KernelArgs) -> Res<()> {
                         &scores[c],
                         &shape,
                         &tables[c],
-                        bp,
-                        TableRows::PerKvHead,
+                        SelectOptions::top_k(bp, TableRows::PerKvHead),
                         &mut sels[c],
+                        None,
                     )?;
                     be.decode_attention(
                         &qs[c],
@@ -344,9 +344,9 @@ pub fn run(args: &KernelArgs) -> Res<()> {
                         &scores[c],
                         &shape,
                         &tables[c],
-                        bp,
-                        TableRows::PerKvHead,
+                        SelectOptions::top_k(bp, TableRows::PerKvHead),
                         &mut sels[c],
+                        None,
                     )?;
                     be.decode_attention(
                         &qs[c],

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use quest_kernels::{Backend, CpuBackend, CudaBackend, Half, TableRows, f16};
 use quest_model::{
-    Dense, H2o, KvPolicy, Llama, Quest, QuestConfig, StreamingLlm, Tokenizer, Tova,
+    Dense, H2o, KvPolicy, Llama, PageReads, Quest, QuestConfig, StreamingLlm, Tokenizer, Tova,
     passkey_prompts, run_passkey,
 };
 use serde_json::json;
@@ -113,6 +113,40 @@ pub struct PolicyArgs {
     /// quest*: how the page bounds are stored.
     #[arg(long, value_enum, default_value_t = BoundsArg::F16)]
     pub bounds: BoundsArg,
+    /// quest*: adaptive budget: keep each head's best pages only until their estimated softmax
+    /// mass reaches P (0 < P <= 1; forced pages always), the budget being the cap. Reports the
+    /// average pages read per row.
+    #[arg(long, value_name = "P")]
+    pub mass: Option<f32>,
+}
+
+/// Refuses a `--mass` outside (0, 1].
+pub fn check_mass(mass: Option<f32>) -> Result<()> {
+    if let Some(p) = mass {
+        if !(p > 0.0 && p <= 1.0) {
+            bail!("--mass must be in (0, 1], not {p}");
+        }
+    }
+    Ok(())
+}
+
+/// Pages per selected row, summed over the policies of one cell (one per batch).
+#[derive(Default)]
+pub struct PageCount(Option<PageReads>);
+
+impl PageCount {
+    /// Adds what `policy` counted (nothing if it does not count pages).
+    pub fn add<B: Backend, W: Half>(&mut self, policy: &mut dyn KvPolicy<B, W>) -> Result<()> {
+        if let Some(r) = policy.page_reads()? {
+            self.0 = Some(self.0.unwrap_or_default().add(&r));
+        }
+        Ok(())
+    }
+
+    /// Average pages read per selected row (Quest's layers past skip_layers, decode steps).
+    pub fn per_row(&self) -> Option<f64> {
+        self.0.filter(|r| r.rows > 0).map(|r| r.pages_per_row())
+    }
 }
 
 pub fn run(cmd: EvalCommand, quiet: bool) -> Result<()> {
@@ -171,6 +205,7 @@ pub fn make_policy<B: Backend, W: Half>(
                 sink_pages: if sink { args.sink_pages } else { 0 },
                 recent_pages: if sink { args.recent_pages } else { 0 },
                 bounds: args.bounds.format(),
+                mass: args.mass,
             })?;
             (Box::new(q), args.page_size)
         }
@@ -184,6 +219,7 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
     if args.keys == 0 || args.batch == 0 || args.policy.page_size == 0 {
         bail!("--keys, --batch and --page-size must be positive");
     }
+    check_mass(args.policy.mass)?;
     let tok = Tokenizer::from_dir(&args.model)?;
     let model = Llama::<B, W>::load(backend, &args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
@@ -196,6 +232,7 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
         let real_len = prompts.iter().map(|p| p.tokens.len()).sum::<usize>() / prompts.len();
         for &(p, budget) in &grid {
             let mut answers = Vec::new();
+            let mut pages = PageCount::default();
             for chunk in prompts.chunks(args.batch) {
                 // A fresh policy per batch: each batch runs on a new cache whose sequence ids
                 // start again at 0, and H2O/TOVA key their state by sequence id (a reused policy
@@ -210,6 +247,7 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
                     page_size,
                     args.tail,
                 )?);
+                pages.add(policy.as_mut())?;
             }
             let correct = answers.iter().filter(|a| a.correct).count();
             results.push(json!({
@@ -220,6 +258,7 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
                 "correct": correct,
                 "total": answers.len(),
                 "accuracy": correct as f64 / answers.len() as f64,
+                "pages_per_row": pages.per_row(),
                 "answers": answers.iter().map(|a| json!({
                     "key": a.key, "depth": a.depth, "answer": a.answer, "correct": a.correct
                 })).collect::<Vec<_>>(),
@@ -241,6 +280,7 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
         "tail": args.tail,
         "skip_layers": args.policy.skip_layers,
         "bounds": args.policy.bounds.name(),
+        "mass": args.policy.mass,
         "seconds": started.elapsed().as_secs_f64(),
         "results": results,
     });
@@ -262,20 +302,26 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
     Ok(())
 }
 
+fn cell<'a>(
+    results: &'a [serde_json::Value],
+    length: usize,
+    policy: &str,
+    budget: Option<usize>,
+) -> Option<&'a serde_json::Value> {
+    results.iter().find(|r| {
+        r["length"] == length
+            && r["policy"] == policy
+            && (policy == "dense" || r["budget"] == json!(budget))
+    })
+}
+
 fn accuracy(
     results: &[serde_json::Value],
     length: usize,
     policy: &str,
     budget: Option<usize>,
 ) -> Option<f64> {
-    results
-        .iter()
-        .find(|r| {
-            r["length"] == length
-                && r["policy"] == policy
-                && (policy == "dense" || r["budget"] == json!(budget))
-        })
-        .and_then(|r| r["accuracy"].as_f64())
+    cell(results, length, policy, budget).and_then(|r| r["accuracy"].as_f64())
 }
 
 /// A markdown table per length: policies down, budgets across (dense: one value, repeated).
@@ -284,8 +330,15 @@ fn render_table(args: &PasskeyArgs, results: &[serde_json::Value]) -> String {
     for &length in &args.lengths {
         let _ = writeln!(
             s,
-            "\npass-key accuracy, ~{length} tokens, {} keys",
-            args.keys
+            "\npass-key accuracy, ~{length} tokens, {} keys{}",
+            args.keys,
+            match args.policy.mass {
+                Some(p) => format!(
+                    "; quest*: mass {p}, (average pages read per row, of budget / {})",
+                    args.policy.page_size
+                ),
+                None => String::new(),
+            }
         );
         let _ = write!(s, "| policy |");
         for b in &args.budgets {
@@ -301,7 +354,14 @@ fn render_table(args: &PasskeyArgs, results: &[serde_json::Value]) -> String {
             for &b in &args.budgets {
                 match accuracy(results, length, p.name(), Some(b)) {
                     Some(a) => {
-                        let _ = write!(s, " {:.0}% |", 100.0 * a);
+                        let _ = write!(s, " {:.0}%", 100.0 * a);
+                        // With the adaptive budget: the average pages read per row.
+                        let pages = cell(results, length, p.name(), Some(b))
+                            .and_then(|r| r["pages_per_row"].as_f64());
+                        if let (Some(pr), Some(_)) = (pages, args.policy.mass) {
+                            let _ = write!(s, " ({pr:.1} pages)");
+                        }
+                        s.push_str(" |");
                     }
                     None => s.push_str(" - |"),
                 }

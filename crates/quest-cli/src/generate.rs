@@ -123,6 +123,10 @@ pub struct GenerateArgs {
     /// Quest: how the page bounds are stored.
     #[arg(long, value_enum, default_value_t = BoundsArg::F16)]
     pub bounds: BoundsArg,
+    /// Quest: adaptive budget: keep each head's best pages only until their estimated softmax
+    /// mass reaches P (0 < P <= 1; sink and recent pages always), --budget being the cap.
+    #[arg(long, value_name = "P")]
+    pub mass: Option<f32>,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// 0 is greedy.
@@ -149,6 +153,7 @@ pub fn run(args: GenerateArgs, quiet: bool) -> Result<()> {
     if args.page_size == 0 || args.budget == 0 {
         bail!("--page-size and --budget must be positive");
     }
+    crate::eval::check_mass(args.mass)?;
     match args.device {
         Device::Cpu => run_on::<CpuBackend, f16>(&CpuBackend, &args, quiet),
         Device::Cuda => {
@@ -218,6 +223,7 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
             sink_pages: args.sink_pages,
             recent_pages: args.recent_pages,
             bounds,
+            mass: args.mass,
         })?),
     };
     let params = GenerateParams {
@@ -262,15 +268,28 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
             rate(stats.prompt_tokens, stats.prefill_time),
             rate(stats.decode_steps, stats.decode_time),
         );
+        // With the adaptive budget the pages read are counted on the device: one copy, here.
+        let reads = policy.page_reads()?;
+        let kv_bytes = match reads {
+            Some(p) if r.adaptive_slots > 0 => r.kv_bytes_with(p.pages),
+            _ => r.kv_bytes,
+        };
         eprintln!(
             "KV pages in use: {} of {}; per decode step read {:.2} MiB of KV + {:.2} MiB of bounds, dense reads {:.2} MiB ({:.1}%)",
             stats.pages_in_use,
             cache.config().num_pages,
-            r.kv_bytes as f64 / steps as f64 / 1048576.0,
+            kv_bytes as f64 / steps as f64 / 1048576.0,
             r.bounds_bytes as f64 / steps as f64 / 1048576.0,
             r.dense_kv_bytes as f64 / steps as f64 / 1048576.0,
-            100.0 * (r.kv_bytes + r.bounds_bytes) as f64 / r.dense_kv_bytes.max(1) as f64,
+            100.0 * (kv_bytes + r.bounds_bytes) as f64 / r.dense_kv_bytes.max(1) as f64,
         );
+        if let (Some(p), Some(_)) = (reads, args.mass) {
+            eprintln!(
+                "adaptive budget: {:.1} pages read per row on average (of {} slots a row)",
+                p.pages_per_row(),
+                (args.budget / args.page_size).max(1)
+            );
+        }
     }
     Ok(())
 }

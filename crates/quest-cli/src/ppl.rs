@@ -12,7 +12,7 @@ use quest_kernels::{Backend, CpuBackend, CudaBackend, Half, f16};
 use quest_model::{Llama, Perplexity, PplOptions, Tokenizer, read_text, run_ppl, text_windows};
 use serde_json::json;
 
-use crate::eval::{EvalPolicy, PolicyArgs, cells, make_policy};
+use crate::eval::{EvalPolicy, PageCount, PolicyArgs, cells, check_mass, make_policy};
 use crate::generate::Device;
 use crate::progress;
 
@@ -90,6 +90,8 @@ struct Cell {
     policy: EvalPolicy,
     budget: Option<usize>,
     result: Perplexity,
+    /// Average pages read per selected row (Quest policies).
+    pages_per_row: Option<f64>,
     seconds: f64,
 }
 
@@ -100,6 +102,7 @@ fn ppl<B: Backend, W: Half>(backend: &B, args: &PplArgs, quiet: bool) -> Result<
     if args.lengths.is_empty() || args.policies.is_empty() {
         bail!("give at least one --lengths and one --policies value");
     }
+    check_mass(args.policy.mass)?;
     // The text and its windows are checked before the model is loaded.
     let text = read_text(&args.text).context("reading the text for perplexity")?;
     let tok = Tokenizer::from_dir(&args.model)?;
@@ -143,6 +146,7 @@ fn ppl<B: Backend, W: Half>(backend: &B, args: &PplArgs, quiet: bool) -> Result<
             let t0 = Instant::now();
             let mut nll = Vec::new();
             let mut first = 1;
+            let mut pages = PageCount::default();
             for chunk in windows.chunks(args.batch) {
                 // A fresh policy per batch: the baselines keep state per sequence id.
                 let (mut p, page_size) =
@@ -153,12 +157,14 @@ fn ppl<B: Backend, W: Half>(backend: &B, args: &PplArgs, quiet: bool) -> Result<
                 .with_context(|| format!("{} at {length} tokens", cell_name(policy, budget)))?;
                 first = r.first;
                 nll.extend(r.nll);
+                pages.add(p.as_mut())?;
             }
             results.push(Cell {
                 length,
                 policy,
                 budget,
                 result: Perplexity { length, first, nll },
+                pages_per_row: pages.per_row(),
                 seconds: t0.elapsed().as_secs_f64(),
             });
         }
@@ -177,6 +183,7 @@ fn ppl<B: Backend, W: Half>(backend: &B, args: &PplArgs, quiet: bool) -> Result<
             "skip_layers": args.policy.skip_layers,
             "sink_pages": args.policy.sink_pages,
             "recent_pages": args.policy.recent_pages,
+            "mass": args.policy.mass,
             "seconds": started.elapsed().as_secs_f64(),
             "results": results.iter().map(|c| json!({
                 "length": c.length,
@@ -186,6 +193,7 @@ fn ppl<B: Backend, W: Half>(backend: &B, args: &PplArgs, quiet: bool) -> Result<
                 "ppl_last_half": c.result.ppl_last_half(),
                 "predicted_tokens": c.result.tokens(),
                 "first_predicted_position": c.result.first,
+                "pages_per_row": c.pages_per_row,
                 "window_ppl": c.result.window_ppl(),
                 "segment_tokens": SEGMENT,
                 "segment_ppl": c.result.segment_ppl(SEGMENT).iter().map(|s| s.1).collect::<Vec<_>>(),
@@ -225,13 +233,20 @@ fn render_table(args: &PplArgs, results: &[Cell], text_tokens: usize) -> String 
         let _ = writeln!(
             s,
             "\nperplexity, {} window(s) of {length} tokens from {} ({text_tokens} tokens){}: \
-             all predicted tokens (second half)",
+             all predicted tokens (second half){}",
             args.windows,
             args.text.display(),
             if args.prefill > 0 {
                 format!(", first {} prefilled", args.prefill)
             } else {
                 String::new()
+            },
+            match args.policy.mass {
+                Some(p) => format!(
+                    "; quest*: mass {p}, [average pages read per row, of budget / {}]",
+                    args.policy.page_size
+                ),
+                None => String::new(),
             }
         );
         let _ = write!(s, "| policy |");
@@ -255,10 +270,15 @@ fn render_table(args: &PplArgs, results: &[Cell], text_tokens: usize) -> String 
                     Some(c) => {
                         let _ = write!(
                             s,
-                            " {:.2} ({:.2}) |",
+                            " {:.2} ({:.2})",
                             c.result.ppl(),
                             c.result.ppl_last_half()
                         );
+                        // With the adaptive budget: the average pages read per row.
+                        if let (Some(pr), Some(_)) = (c.pages_per_row, args.policy.mass) {
+                            let _ = write!(s, " [{pr:.1} pages]");
+                        }
+                        s.push_str(" |");
                     }
                     None => s.push_str(" - |"),
                 }

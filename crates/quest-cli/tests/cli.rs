@@ -339,3 +339,62 @@ fn eval_ppl_of_quest_with_a_covering_budget_equals_dense() {
     assert!(ppl(0) > 1.0 && ppl(0) < 1000.0, "{}", ppl(0));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn eval_ppl_with_the_adaptive_budget_reports_pages_per_row() {
+    let model = require_model();
+    let dir = std::env::temp_dir().join(format!("quest-cli-ppl-mass-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("prose.txt");
+    std::fs::write(&text, PROSE).unwrap();
+    let json = dir.join("ppl.json");
+    let run = |mass: &str| {
+        quest(&[
+            "eval",
+            "ppl",
+            "--model",
+            &model,
+            "--text",
+            text.to_str().unwrap(),
+            "--length",
+            "40",
+            "--windows",
+            "1",
+            "--budget",
+            "64",
+            "--page-size",
+            "4",
+            "--policy",
+            "dense,quest",
+            "--mass",
+            mass,
+            "--device",
+            "cpu",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+    };
+    let o = run("0.5");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("pages]"), "{stdout}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = doc["results"].as_array().unwrap();
+    assert_eq!(doc["mass"], 0.5);
+    assert!(r[0]["pages_per_row"].is_null(), "dense counts no pages");
+    // 40-token windows on 4-token pages: at most 10 pages a row; p = 0.5 keeps fewer on average.
+    let pages = r[1]["pages_per_row"].as_f64().unwrap();
+    assert!((1.0..10.0).contains(&pages), "{pages}");
+    assert!(r[1]["ppl"].as_f64().unwrap().is_finite());
+    // p = 1 keeps every page of a covering budget: dense perplexity.
+    let o = run("1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = doc["results"].as_array().unwrap();
+    assert_eq!(r[0]["ppl"], r[1]["ppl"]);
+    let o = run("1.5");
+    assert_clean_failure(&o, 1, "--mass must be in (0, 1]");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -6,7 +6,7 @@
 //! storage (f16 or bf16) read into f32 arithmetic.
 
 use crate::dtype::{Elem, Half};
-use crate::error::Result;
+use crate::error::{Result, arg_err};
 use crate::layout::{PageTable, PagedLayout, TableRows};
 
 /// Temperature and nucleus (top-p) sampling. `temperature == 0` means greedy (argmax).
@@ -31,6 +31,63 @@ impl AttentionShape {
     }
 }
 
+/// What [`Backend::select_top_pages`] keeps in each row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SelectOptions {
+    /// Slots per row, the sequence's last page included (at least 1): the cap.
+    pub budget_pages: usize,
+    /// Per query head ([`TableRows::PerQoHead`]) or per KV head ([`TableRows::PerKvHead`]).
+    pub rows: TableRows,
+    /// Adaptive budget: `Some(p)`, `0 < p <= 1`, keeps of each row's top-k only the shortest
+    /// best-first prefix whose estimated softmax mass reaches `p` of the row's (see
+    /// [`Backend::select_top_pages`]). `None` keeps the whole top-k.
+    pub mass: Option<f32>,
+}
+
+impl SelectOptions {
+    /// Plain top-k: the last page and the `budget_pages - 1` best others.
+    pub fn top_k(budget_pages: usize, rows: TableRows) -> Self {
+        SelectOptions {
+            budget_pages,
+            rows,
+            mass: None,
+        }
+    }
+
+    /// The same with the adaptive budget at `p` (`None`: off).
+    pub fn with_mass(self, mass: Option<f32>) -> Self {
+        SelectOptions { mass, ..self }
+    }
+
+    /// The threshold when it can trim anything: `p < 1` (at `p = 1` every page of the top-k is
+    /// kept, pages whose mass underflows to 0 included).
+    pub fn trim(&self) -> Option<f32> {
+        self.mass.filter(|&p| p < 1.0)
+    }
+
+    /// Refuses a zero budget, per-sequence rows and a threshold outside `(0, 1]`.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        if self.budget_pages == 0 {
+            return Err(arg_err(
+                op,
+                "budget of 0 pages: the last page is always kept",
+            ));
+        }
+        if self.rows == TableRows::PerSequence {
+            return Err(arg_err(
+                op,
+                "selection rows must be per query or per KV head",
+            ));
+        }
+        if let Some(p) = self.mass {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(arg_err(op, format!("mass threshold {p} outside (0, 1]")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A page table resident on a backend, with its row structure (`indptr`) also kept on the host so
 /// launches can be sized without a device round trip.
 pub struct DevicePageTable<B: Backend> {
@@ -41,9 +98,10 @@ pub struct DevicePageTable<B: Backend> {
 }
 
 impl<B: Backend> DevicePageTable<B> {
-    /// Uploads a host table after validating it against `layout`.
+    /// Uploads a host table after validating it against `layout` (empty slots allowed, see
+    /// [`PageTable::validate_sparse`]; the ops that refuse them check again).
     pub fn upload(backend: &B, table: &PageTable, layout: &PagedLayout) -> Result<Self> {
-        table.validate("page table upload", layout)?;
+        table.validate_sparse("page table upload", layout)?;
         Ok(DevicePageTable {
             indptr_host: table.indptr.clone(),
             indptr: backend.upload(&table.indptr)?,
@@ -337,26 +395,46 @@ pub trait Backend: Clone + Send + Sync + 'static {
         recent: usize,
     ) -> Result<()>;
 
-    /// Top-k page selection. For each row of the per-sequence `table` and each head of `rows`
-    /// ([`TableRows::PerQoHead`]: scores as given; [`TableRows::PerKvHead`]: scores summed over the
-    /// query heads of each GQA group), keeps the sequence's last page and the `budget_pages - 1`
-    /// highest-scoring other pages (ties to the earlier page), written in table order. Rows with at
-    /// most `budget_pages` pages keep all of them. `out` comes from
+    /// Top-k page selection. For each row of the per-sequence `table` and each head of
+    /// `opts.rows` ([`TableRows::PerQoHead`]: scores as given; [`TableRows::PerKvHead`]: scores
+    /// summed over the query heads of each GQA group, in ascending head order), keeps the
+    /// sequence's last page and the `budget_pages - 1` highest-scoring other pages (NaN below
+    /// everything, ties to the earlier page), written in table order, the last page in the row's
+    /// last slot. Rows with at most `budget_pages` pages keep all of them. `out` comes from
     /// [`DevicePageTable::for_selection`] with the matching head count and `budget_pages`.
+    ///
+    /// **Adaptive budget** (`opts.mass = Some(p)`, `p < 1`): of those pages, the ones with score
+    /// `+inf` (forced by [`force_pages`]) are kept, and of the others only the best-first prefix
+    /// (same order and ties as above) that is the shortest to reach `p` of the row's estimated
+    /// mass. A candidate page `j` (every page but the last) with a finite score `s_j` has mass
+    /// `m_j = exp(sm_scale / g * (s_j - s_max))`, where `g` is the group size for
+    /// [`TableRows::PerKvHead`] rows (their scores are sums) and 1 otherwise, and `s_max` the
+    /// row's largest finite candidate score; NaN and `-inf` scores have mass 0, and forced pages
+    /// none. A non-forced page is kept while the mass of the non-forced pages before it is
+    /// `< p * total` (`total`: all the row's non-forced candidates, f32 sums), so never more than
+    /// the top-k. The row keeps its `min(n, budget_pages)` slots: the kept pages in table order,
+    /// then [`crate::layout::EMPTY_PAGE`] (-1), then the last page. Rows within the budget are
+    /// trimmed the same way. At `p = 1` nothing is trimmed (the plain top-k).
+    ///
+    /// `kept`, if given (one element), gets the number of pages written (empty slots not
+    /// counted, over all rows) added to it, on the device.
+    ///
+    /// [`force_pages`]: Backend::force_pages
     fn select_top_pages(
         &self,
         scores: &Self::Buf<f32>,
         shape: &AttentionShape,
         table: &DevicePageTable<Self>,
-        budget_pages: usize,
-        rows: TableRows,
+        opts: SelectOptions,
         out: &mut DevicePageTable<Self>,
+        kept: Option<&mut Self::Buf<u64>>,
     ) -> Result<()>;
 
     // ---- attention ----------------------------------------------------------------------------
 
     /// One query token per sequence: `out[b, h] = softmax(q[b, h] · K^T * sm_scale) · V` over the
-    /// tokens of the pages in `table`'s row for `(b, h)` (see [`TableRows`]). `q`, `out`:
+    /// tokens of the pages in `table`'s row for `(b, h)` (see [`TableRows`]); empty slots
+    /// ([`crate::layout::EMPTY_PAGE`]) hold no tokens and read nothing. `q`, `out`:
     /// `[batch, num_qo_heads, head_dim]`.
     fn decode_attention<T: Half>(
         &self,

@@ -12,6 +12,8 @@ pub enum DType {
     U32,
     /// Unsigned bytes: the codes of 8-bit page bounds ([`crate::layout::BoundsFormat::Int8`]).
     U8,
+    /// 64-bit counters (the pages an adaptive selection kept, summed on the device).
+    U64,
 }
 
 impl DType {
@@ -20,6 +22,7 @@ impl DType {
             DType::U8 => 1,
             DType::F16 | DType::Bf16 => 2,
             DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::U64 => 8,
         }
     }
 
@@ -31,6 +34,7 @@ impl DType {
             DType::I32 => "i32",
             DType::U32 => "u32",
             DType::U8 => "u8",
+            DType::U64 => "u64",
         }
     }
 }
@@ -63,6 +67,9 @@ impl Elem for u32 {
 }
 impl Elem for u8 {
     const DTYPE: DType = DType::U8;
+}
+impl Elem for u64 {
+    const DTYPE: DType = DType::U64;
 }
 
 /// A storage type for weights and KV pages (f16 or bf16; f32 too, for tests and references).

@@ -30,8 +30,19 @@
 //! `last_page_len[r]` tokens (`1 <= last_page_len <= page_size`). A row's length in tokens is
 //! `page_size * (n_pages - 1) + last_page_len`. A row is a sequence (dense attention, selection
 //! input) or one head of a sequence (sparse attention after selection), see [`TableRows`].
+//!
+//! **Empty slots.** A page id of [`EMPTY_PAGE`] (-1) in a table that decode attention reads is a
+//! slot with no page: it holds no tokens, contributes nothing to the softmax and reads no K/V
+//! bytes. Only the adaptive budget of [`crate::Backend::select_top_pages`] writes them (a row of
+//! a selection keeps its fixed `min(n, budget)` slots: the kept pages in table order, then the
+//! empty slots, then the sequence's last page). A row's last slot is never empty (it holds the
+//! `last_page_len` tokens), and only decode attention accepts empty slots
+//! ([`PageTable::validate_sparse`]); every other op refuses them ([`PageTable::validate`]).
 
 use crate::error::{Result, arg_err, index_err, shape_err};
+
+/// The page id of an empty slot in a selection's page table (see the module docs).
+pub const EMPTY_PAGE: i32 = -1;
 
 /// Geometry of one layer's KV pages. Every kernel that touches the cache takes this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,6 +242,16 @@ impl PageTable {
     /// Checks the CSR structure against `layout`: monotone `indptr` starting at 0 and ending at
     /// `indices.len()`, page ids in range, `1 <= last_page_len <= page_size` for non-empty rows.
     pub fn validate(&self, op: &'static str, layout: &PagedLayout) -> Result<()> {
+        self.check(op, layout, false)
+    }
+
+    /// [`validate`](Self::validate), but [`EMPTY_PAGE`] is also accepted in every slot of a row
+    /// but its last: a table decode attention may read.
+    pub fn validate_sparse(&self, op: &'static str, layout: &PagedLayout) -> Result<()> {
+        self.check(op, layout, true)
+    }
+
+    fn check(&self, op: &'static str, layout: &PagedLayout, empty_slots: bool) -> Result<()> {
         if self.indptr.is_empty() || self.indptr[0] != 0 {
             return Err(shape_err(op, "page table indptr must start with 0"));
         }
@@ -273,15 +294,24 @@ impl PageTable {
                 ));
             }
         }
-        for (i, &p) in self.indices.iter().enumerate() {
-            if p < 0 || p as usize >= layout.num_pages {
-                return Err(index_err(
-                    op,
-                    format!(
-                        "page id {p} at position {i} outside 0..{}",
-                        layout.num_pages
-                    ),
-                ));
+        // indptr is monotone and spans indices (checked above), so the rows cover every slot.
+        for w in self.indptr.windows(2) {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            for (i, &p) in self.indices[start..end].iter().enumerate() {
+                // A row's last slot holds its last page: never empty.
+                if empty_slots && p == EMPTY_PAGE && start + i + 1 < end {
+                    continue;
+                }
+                if p < 0 || p as usize >= layout.num_pages {
+                    return Err(index_err(
+                        op,
+                        format!(
+                            "page id {p} at position {} outside 0..{}",
+                            start + i,
+                            layout.num_pages
+                        ),
+                    ));
+                }
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ pub mod layout;
 pub mod quant;
 pub mod rope;
 
-pub use backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
+pub use backend::{AttentionShape, Backend, DevicePageTable, SamplingParams, SelectOptions};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaBuf, CudaTimer};
@@ -24,5 +24,5 @@ pub use cudarc;
 pub use dtype::{DType, Elem, Half};
 pub use error::{KernelError, Result};
 pub use half::{bf16, f16};
-pub use layout::{BoundsFormat, PageTable, PagedLayout, TableRows};
+pub use layout::{BoundsFormat, EMPTY_PAGE, PageTable, PagedLayout, TableRows};
 pub use rope::{Llama3Scaling, RopeConfig};

@@ -6,7 +6,9 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use quest_kernels::{Backend, CpuBackend, DevicePageTable, Half, PageTable, TableRows, bf16, f16};
+use quest_kernels::{
+    Backend, CpuBackend, DevicePageTable, Half, PageTable, SelectOptions, TableRows, bf16, f16,
+};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -72,7 +74,14 @@ fn check_sparse_covering_budget_is_dense<B: Backend, T: Half>(
         let heads = rows.count(1, hq, hkv);
         let mut sel = poisoned_selection(backend, &cache.table.indptr, heads, budget);
         backend
-            .select_top_pages(&scores, &cache.shape, &dense_table, budget, rows, &mut sel)
+            .select_top_pages(
+                &scores,
+                &cache.shape,
+                &dense_table,
+                SelectOptions::top_k(budget, rows),
+                &mut sel,
+                None,
+            )
             .expect("select_top_pages");
         let host = sel.to_host(backend).unwrap();
         for b in 0..batch {

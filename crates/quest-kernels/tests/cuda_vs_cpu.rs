@@ -20,7 +20,7 @@ use common::*;
 use proptest::prelude::*;
 use quest_kernels::{
     Backend, CpuBackend, CudaBackend, DevicePageTable, Half, KernelError, PageTable,
-    SamplingParams, TableRows, bf16, f16,
+    SamplingParams, SelectOptions, TableRows, bf16, f16,
 };
 use rand::Rng;
 
@@ -404,11 +404,25 @@ fn check_paged<T: Half>(g: &CudaBackend, spec: &CacheSpec, seed: u64, budget_ext
     for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
         let heads = rows.count(1, hq, hkv);
         let mut selc = poisoned_selection(&c, &cc.table.indptr, heads, budget);
-        c.select_top_pages(&sc, &cc.shape, &tc, budget, rows, &mut selc)
-            .unwrap();
+        c.select_top_pages(
+            &sc,
+            &cc.shape,
+            &tc,
+            SelectOptions::top_k(budget, rows),
+            &mut selc,
+            None,
+        )
+        .unwrap();
         let mut selg = poisoned_selection(g, &gc.table.indptr, heads, budget);
-        g.select_top_pages(&sg_cpu, &gc.shape, &tg, budget, rows, &mut selg)
-            .unwrap();
+        g.select_top_pages(
+            &sg_cpu,
+            &gc.shape,
+            &tg,
+            SelectOptions::top_k(budget, rows),
+            &mut selg,
+            None,
+        )
+        .unwrap();
         let (hc, hg) = (selc.to_host(&c).unwrap(), selg.to_host(g).unwrap());
         assert_eq!(hc, hg, "select_top_pages {rows:?} budget {budget}");
         let mut oc = poison(q.len());
@@ -545,11 +559,25 @@ fn top_k_ties_match_exactly() {
         for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
             let heads = rows.count(1, hq, hkv);
             let mut sc = poisoned_selection(&c, &table.indptr, heads, budget);
-            c.select_top_pages(&scores, &shape, &tc, budget, rows, &mut sc)
-                .unwrap();
+            c.select_top_pages(
+                &scores,
+                &shape,
+                &tc,
+                SelectOptions::top_k(budget, rows),
+                &mut sc,
+                None,
+            )
+            .unwrap();
             let mut sg = poisoned_selection(g, &table.indptr, heads, budget);
-            g.select_top_pages(&up(g, &scores), &shape, &tg, budget, rows, &mut sg)
-                .unwrap();
+            g.select_top_pages(
+                &up(g, &scores),
+                &shape,
+                &tg,
+                SelectOptions::top_k(budget, rows),
+                &mut sg,
+                None,
+            )
+            .unwrap();
             assert_eq!(
                 sc.to_host(&c).unwrap(),
                 sg.to_host(g).unwrap(),

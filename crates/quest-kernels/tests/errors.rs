@@ -9,7 +9,7 @@ use std::fmt::Debug;
 use common::*;
 use quest_kernels::{
     AttentionShape, Backend, CpuBackend, DevicePageTable, KernelError, PageTable, PagedLayout,
-    SamplingParams, TableRows, f16,
+    SamplingParams, SelectOptions, TableRows, f16,
 };
 
 /// The call failed, and its message contains the op's name and every needle.
@@ -584,9 +584,9 @@ fn selection_errors<B: Backend>(b: &B) {
             &scores,
             &fx.shape,
             &table,
-            0,
-            TableRows::PerQoHead,
+            SelectOptions::top_k(0, TableRows::PerQoHead),
             &mut out,
+            None,
         ),
         sel,
         &["budget of 0"],
@@ -597,9 +597,9 @@ fn selection_errors<B: Backend>(b: &B) {
             &scores,
             &fx.shape,
             &table,
-            1,
-            TableRows::PerSequence,
+            SelectOptions::top_k(1, TableRows::PerSequence),
             &mut out_seq,
+            None,
         ),
         sel,
         &["per query or per KV head"],
@@ -609,9 +609,9 @@ fn selection_errors<B: Backend>(b: &B) {
             &up(b, &[0.0f32; 11]),
             &fx.shape,
             &table,
-            1,
-            TableRows::PerQoHead,
+            SelectOptions::top_k(1, TableRows::PerQoHead),
             &mut out,
+            None,
         ),
         sel,
         &["scores has 11", "expected 12"],
@@ -622,9 +622,9 @@ fn selection_errors<B: Backend>(b: &B) {
             &scores,
             &fx.shape,
             &table,
-            1,
-            TableRows::PerKvHead,
+            SelectOptions::top_k(1, TableRows::PerKvHead),
             &mut out,
+            None,
         ),
         sel,
         &["output rows has 8", "expected 4"],
@@ -634,9 +634,9 @@ fn selection_errors<B: Backend>(b: &B) {
             &scores,
             &fx.shape,
             &table,
-            2,
-            TableRows::PerQoHead,
+            SelectOptions::top_k(2, TableRows::PerQoHead),
             &mut out,
+            None,
         ),
         sel,
         &["build it with for_selection"],
@@ -645,14 +645,28 @@ fn selection_errors<B: Backend>(b: &B) {
     let scores6 = up(b, &[0.0f32; 6 * 3]);
     let mut out6 = DevicePageTable::for_selection(b, &fx.table.indptr, 6, 1).unwrap();
     expect_err(
-        b.select_top_pages(&scores6, &s, &table, 1, TableRows::PerQoHead, &mut out6),
+        b.select_top_pages(
+            &scores6,
+            &s,
+            &table,
+            SelectOptions::top_k(1, TableRows::PerQoHead),
+            &mut out6,
+            None,
+        ),
         sel,
         &["not a multiple"],
     );
     for (bad, needles) in broken_tables() {
         let t = raw_table(b, &bad);
         expect_err(
-            b.select_top_pages(&scores, &fx.shape, &t, 1, TableRows::PerQoHead, &mut out),
+            b.select_top_pages(
+                &scores,
+                &fx.shape,
+                &t,
+                SelectOptions::top_k(1, TableRows::PerQoHead),
+                &mut out,
+                None,
+            ),
             sel,
             needles,
         );

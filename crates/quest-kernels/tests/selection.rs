@@ -7,8 +7,8 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use quest_kernels::{
-    AttentionShape, Backend, CpuBackend, DevicePageTable, Half, PageTable, PagedLayout, TableRows,
-    bf16, f16,
+    AttentionShape, Backend, CpuBackend, DevicePageTable, Half, PageTable, PagedLayout,
+    SelectOptions, TableRows, bf16, f16,
 };
 use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -213,9 +213,9 @@ fn check_scores_bound_true_max<B: Backend, T: Half>(backend: &B, spec: &CacheSpe
             &scores_buf,
             &cache.shape,
             &table,
-            budget,
-            TableRows::PerQoHead,
+            SelectOptions::top_k(budget, TableRows::PerQoHead),
             &mut sel,
+            None,
         )
         .expect("select_top_pages");
     let host = sel.to_host(backend).unwrap();
@@ -318,7 +318,14 @@ fn check_top_k<B: Backend>(backend: &B, case: &TopKCase) {
         let group = hq / heads;
         let mut sel = poisoned_selection(backend, &table.indptr, heads, case.budget);
         backend
-            .select_top_pages(&scores_buf, &shape, &dt, case.budget, rows, &mut sel)
+            .select_top_pages(
+                &scores_buf,
+                &shape,
+                &dt,
+                SelectOptions::top_k(case.budget, rows),
+                &mut sel,
+                None,
+            )
             .expect("select_top_pages");
         let host = sel.to_host(backend).unwrap();
         for (b, &n) in case.pages_per_seq.iter().enumerate() {
@@ -446,9 +453,9 @@ fn select_one_row<B: Backend>(backend: &B, scores: &[f32], budget: usize) -> Vec
             &up(backend, scores),
             &shape,
             &dt,
-            budget,
-            TableRows::PerQoHead,
+            SelectOptions::top_k(budget, TableRows::PerQoHead),
             &mut sel,
+            None,
         )
         .expect("select_top_pages");
     let host = sel.to_host(backend).unwrap();
@@ -531,8 +538,15 @@ fn forced_pages_are_always_kept() {
         .collect();
     c.force_pages(&mut scores, 2, &t, 1, 2).unwrap();
     let mut out = DevicePageTable::for_selection(&c, &table.indptr, 2, 6).unwrap();
-    c.select_top_pages(&scores, &shape, &t, 6, TableRows::PerQoHead, &mut out)
-        .unwrap();
+    c.select_top_pages(
+        &scores,
+        &shape,
+        &t,
+        SelectOptions::top_k(6, TableRows::PerQoHead),
+        &mut out,
+        None,
+    )
+    .unwrap();
     let got = out.to_host(&c).unwrap();
     // Head 0: sink 10, recent 27 28, best others 25 26, last 29.
     assert_eq!(got.row(0), &[10, 25, 26, 27, 28, 29]);

@@ -229,9 +229,7 @@ fn generate_on<B: Backend, W: Half>(
             break;
         };
         stats.decode_steps += 1;
-        stats.decode_reads.kv_bytes += f.stats.kv_bytes;
-        stats.decode_reads.bounds_bytes += f.stats.bounds_bytes;
-        stats.decode_reads.dense_kv_bytes += f.stats.dense_kv_bytes;
+        stats.decode_reads.accumulate(&f.stats);
         let uniforms: Vec<f32> = alive.iter().map(|_| rng.next_f32()).collect();
         let mut chosen = backend.zeros::<u32>(alive.len())?;
         backend.sample(

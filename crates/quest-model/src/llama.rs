@@ -86,12 +86,41 @@ impl<B: Backend, W: Half> Weights<B, W> {
 /// Bytes a step's attention read from the cache, against what dense attention would read.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ReadStats {
-    /// K and V bytes the attention kernel read, summed over layers.
+    /// K and V bytes the attention kernel read, summed over layers, except the pages of
+    /// adaptive selections ([`Selection::Adaptive`]), which only the policy counts (on the
+    /// device, see [`ReadStats::kv_bytes_with`]).
     pub kv_bytes: usize,
     /// Page-bound bytes the selection read, summed over layers.
     pub bounds_bytes: usize,
     /// K and V bytes dense attention reads over the same cache.
     pub dense_kv_bytes: usize,
+    /// Slots of adaptive selections (an upper bound of their pages: empty slots read nothing).
+    pub adaptive_slots: usize,
+    /// K and V bytes of one page of one row (`page_size` tokens of one KV head).
+    pub page_kv_bytes: usize,
+}
+
+impl ReadStats {
+    /// Adds another step's counts.
+    pub fn accumulate(&mut self, other: &ReadStats) {
+        self.kv_bytes += other.kv_bytes;
+        self.bounds_bytes += other.bounds_bytes;
+        self.dense_kv_bytes += other.dense_kv_bytes;
+        self.adaptive_slots += other.adaptive_slots;
+        self.page_kv_bytes = self.page_kv_bytes.max(other.page_kv_bytes);
+    }
+
+    /// K and V bytes read, the adaptive selections' `pages` (from the policy's
+    /// [`KvPolicy::page_reads`] over the same steps) included.
+    pub fn kv_bytes_with(&self, adaptive_pages: u64) -> usize {
+        self.kv_bytes + adaptive_pages as usize * self.page_kv_bytes
+    }
+
+    /// K and V bytes read with every adaptive slot counted as a full page: an upper bound,
+    /// exact when no selection was adaptive.
+    pub fn kv_bytes_upper(&self) -> usize {
+        self.kv_bytes + self.adaptive_slots * self.page_kv_bytes
+    }
 }
 
 /// The output of one forward pass.
@@ -292,7 +321,9 @@ impl<B: Backend, W: Half> Llama<B, W> {
                 plan,
                 shape: &shape,
             };
-            match policy.select(input)? {
+            let selection = policy.select(input)?;
+            let adaptive = matches!(selection, Selection::Adaptive(..));
+            match selection {
                 Selection::Dense => {
                     stats.kv_bytes += dense_tokens * c.num_kv_heads() * token_bytes;
                     b.decode_attention(
@@ -304,15 +335,22 @@ impl<B: Backend, W: Half> Llama<B, W> {
                         &mut s.attn,
                     )?;
                 }
-                Selection::Pages(table, rows) => {
+                Selection::Pages(table, rows) | Selection::Adaptive(table, rows) => {
                     // Bounds: every page of every sequence, per KV head, max and min (and the
                     // base and step of each in 8-bit bounds).
                     let page_head = cache.bounds_format().bytes_per_page_head(hd, elem);
                     stats.bounds_bytes += plan.table().nnz() * c.num_kv_heads() * page_head;
                     // A row reads its pages for each of the heads it serves... a per-query-head
                     // row serves one query head but its KV head's pages; count them once per row,
-                    // as the kernel reads them.
-                    stats.kv_bytes += table.nnz() * shape.layout.page_size * token_bytes;
+                    // as the kernel reads them. Adaptive tables may hold empty slots, which read
+                    // nothing: their pages are counted by the policy, on the device.
+                    let page_bytes = shape.layout.page_size * token_bytes;
+                    stats.page_kv_bytes = page_bytes;
+                    if adaptive {
+                        stats.adaptive_slots += table.nnz();
+                    } else {
+                        stats.kv_bytes += table.nnz() * page_bytes;
+                    }
                     b.decode_attention(&s.q, cache.kv(layer)?, &shape, table, rows, &mut s.attn)?;
                 }
             }

@@ -1,7 +1,9 @@
 //! KV selection policies: which pages each head attends to in a decode step. All of them run
 //! before the same paged attention kernel; prefill is always dense.
 
-use quest_kernels::{AttentionShape, Backend, BoundsFormat, DevicePageTable, Half, TableRows};
+use quest_kernels::{
+    AttentionShape, Backend, BoundsFormat, DevicePageTable, Half, SelectOptions, TableRows,
+};
 use quest_kvcache::{KvCache, StepPlan};
 
 use crate::error::{ModelError, Result};
@@ -22,6 +24,40 @@ pub enum Selection<'a, B: Backend> {
     Dense,
     /// The pages of this table, whose rows are of the given kind.
     Pages(&'a DevicePageTable<B>, TableRows),
+    /// Like `Pages`, but slots may be empty ([`quest_kernels::EMPTY_PAGE`], the adaptive
+    /// budget): how many pages the rows really hold is known on the device only, and the policy
+    /// counts them ([`KvPolicy::page_reads`]).
+    Adaptive(&'a DevicePageTable<B>, TableRows),
+}
+
+/// Pages a policy's selections held, over every selection since the policy was made: `rows`
+/// head rows (one per row of every selection table), `slots` slots in them, of which `pages`
+/// held a page (the rest were empty slots of the adaptive budget).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageReads {
+    pub rows: u64,
+    pub slots: u64,
+    pub pages: u64,
+}
+
+impl PageReads {
+    /// Pages read per selected row, on average (0 without rows).
+    pub fn pages_per_row(&self) -> f64 {
+        if self.rows == 0 {
+            0.0
+        } else {
+            self.pages as f64 / self.rows as f64
+        }
+    }
+
+    /// The sum of two counts (selections of several policies or batches).
+    pub fn add(&self, other: &PageReads) -> PageReads {
+        PageReads {
+            rows: self.rows + other.rows,
+            slots: self.slots + other.slots,
+            pages: self.pages + other.pages,
+        }
+    }
 }
 
 /// Chooses the pages a decode step attends to.
@@ -36,6 +72,13 @@ pub trait KvPolicy<B: Backend, T: Half> {
     /// matches). `None` (the default) leaves the cache as it is.
     fn bounds_format(&self) -> Option<BoundsFormat> {
         None
+    }
+
+    /// How many pages this policy's page selections held so far, if it counts them (`None`:
+    /// it does not). May wait for the device (one small copy): call it when reporting, not
+    /// in a decode loop.
+    fn page_reads(&mut self) -> Result<Option<PageReads>> {
+        Ok(None)
     }
 }
 
@@ -69,6 +112,11 @@ pub struct QuestConfig {
     /// How the page bounds the estimate reads are stored: exact in the KV type, or 8 bits
     /// rounded outward (about half the bytes; scores stay upper bounds, slightly looser).
     pub bounds: BoundsFormat,
+    /// Adaptive budget: `Some(p)`, `0 < p <= 1`, keeps of each head's top-k only the best pages
+    /// whose estimated softmax mass reaches `p` (forced pages always), so `budget` is a cap; see
+    /// [`quest_kernels::Backend::select_top_pages`]. Contexts within the budget are then selected
+    /// too (not run dense). `None`: the fixed budget.
+    pub mass: Option<f32>,
 }
 
 impl QuestConfig {
@@ -92,6 +140,7 @@ impl QuestConfig {
             sink_pages: 0,
             recent_pages: 0,
             bounds: BoundsFormat::Full,
+            mass: None,
         }
     }
 }
@@ -103,6 +152,10 @@ pub struct Quest<B: Backend> {
     config: QuestConfig,
     scores: Option<B::Buf<f32>>,
     selected: Option<DevicePageTable<B>>,
+    /// Rows and slots of every selection so far (host), and with the adaptive budget the pages
+    /// they held (summed on the device by `select_top_pages`, read by `page_reads`).
+    reads: PageReads,
+    kept: Option<(B, B::Buf<u64>)>,
 }
 
 impl<B: Backend> Quest<B> {
@@ -112,29 +165,56 @@ impl<B: Backend> Quest<B> {
                 "Quest selects per query head or per KV head".into(),
             ));
         }
+        if let Some(p) = config.mass {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ModelError::Argument(format!(
+                    "the adaptive budget's mass threshold must be in (0, 1], not {p}"
+                )));
+            }
+        }
         Ok(Quest {
             config,
             scores: None,
             selected: None,
+            reads: PageReads::default(),
+            kept: None,
         })
     }
 
     pub fn config(&self) -> &QuestConfig {
         &self.config
     }
+
+    /// Rows, slots and pages of every selection so far ([`KvPolicy::page_reads`]). With the
+    /// adaptive budget the pages come from a counter on the device: one small copy, which waits
+    /// for the queued work.
+    pub fn page_reads(&self) -> Result<PageReads> {
+        let mut reads = self.reads;
+        if let Some((backend, kept)) = &self.kept {
+            // Only the adaptive budget leaves slots empty; its kernel counted every selection's
+            // real pages (every selection of this policy trims, so the count is the total).
+            reads.pages = backend.download(kept)?.first().copied().unwrap_or(0);
+        }
+        Ok(reads)
+    }
 }
 
 impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
     fn name(&self) -> String {
         let c = &self.config;
+        let mass = c.mass.map(|p| format!(", mass={p}")).unwrap_or_default();
         format!(
-            "quest(budget={}, skip_layers={}, rows={:?}, sink_pages={}, recent_pages={}, bounds={})",
+            "quest(budget={}, skip_layers={}, rows={:?}, sink_pages={}, recent_pages={}, bounds={}{mass})",
             c.budget, c.skip_layers, c.rows, c.sink_pages, c.recent_pages, c.bounds
         )
     }
 
     fn bounds_format(&self) -> Option<BoundsFormat> {
         Some(self.config.bounds)
+    }
+
+    fn page_reads(&mut self) -> Result<Option<PageReads>> {
+        Quest::page_reads(self).map(Some)
     }
 
     fn select<'s>(&'s mut self, input: SelectInput<'_, B, T>) -> Result<Selection<'s, B>> {
@@ -147,7 +227,13 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
             .map(|w| (w[1] - w[0]) as usize)
             .max()
             .unwrap_or(0);
-        if input.layer < self.config.skip_layers || longest <= budget_pages {
+        // With the adaptive budget the budget is only a cap: short contexts are trimmed too.
+        let fits = if self.config.mass.is_some() {
+            longest <= 1
+        } else {
+            longest <= budget_pages
+        };
+        if input.layer < self.config.skip_layers || fits {
             return Ok(Selection::Dense);
         }
         let backend = input.cache.backend();
@@ -188,14 +274,27 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
             .selected
             .as_mut()
             .ok_or_else(|| ModelError::Argument("no selection table".into()))?;
-        backend.select_top_pages(
-            scores,
-            input.shape,
-            table,
-            budget_pages,
-            self.config.rows,
-            out,
-        )?;
-        Ok(Selection::Pages(out, self.config.rows))
+        let opts = SelectOptions::top_k(budget_pages, self.config.rows).with_mass(self.config.mass);
+        // Empty slots only where the threshold can trim (p < 1); count their pages on the device.
+        let trims = opts.trim().is_some();
+        let kept = if trims {
+            if self.kept.is_none() {
+                self.kept = Some((backend.clone(), backend.zeros::<u64>(1)?));
+            }
+            self.kept.as_mut().map(|(_, k)| k)
+        } else {
+            None
+        };
+        backend.select_top_pages(scores, input.shape, table, opts, out, kept)?;
+        self.reads.rows += out.rows() as u64;
+        self.reads.slots += out.nnz() as u64;
+        if !trims {
+            self.reads.pages += out.nnz() as u64;
+        }
+        Ok(if trims {
+            Selection::Adaptive(out, self.config.rows)
+        } else {
+            Selection::Pages(out, self.config.rows)
+        })
     }
 }

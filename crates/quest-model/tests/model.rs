@@ -177,6 +177,7 @@ fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
             sink_pages: 0,
             recent_pages: 0,
             bounds,
+            mass: None,
         })
         .unwrap();
         let q = run(&model, &mut covering, &toks, 60, 8);
@@ -191,6 +192,7 @@ fn quest_with_a_covering_budget_is_dense_and_a_small_budget_is_not() {
             sink_pages: 0,
             recent_pages: 0,
             bounds,
+            mass: None,
         })
         .unwrap();
         let q = run(&model, &mut small, &toks, 60, 8);
@@ -388,4 +390,70 @@ fn streaming_llm_is_sinks_plus_recent_window() {
         .map(|&i| pages[i] as i32)
         .collect();
     assert_eq!(table.to_host(&CpuBackend).unwrap().indices, want);
+}
+
+/// The adaptive budget at p = 1 with a budget covering the context still selects (the budget is
+/// only a cap) but keeps every page: dense logits exactly. At p = 0.3 it reads fewer pages than
+/// its slots (counted on the device, reported by `page_reads`), and the step's bytes say so.
+#[test]
+fn adaptive_budget_at_p_one_is_dense_and_below_one_reads_fewer_pages() {
+    let cfg = tiny_config(6, 2);
+    let model = tiny_model(&cfg, 21);
+    let toks = tokens(100, 22, cfg.vocab_size);
+    let dense = run(&model, &mut Dense, &toks, 50, 8);
+    for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
+        let config = QuestConfig {
+            skip_layers: 0,
+            rows,
+            mass: Some(1.0),
+            ..QuestConfig::new(256)
+        };
+        let mut q = Quest::<CpuBackend>::new(config).unwrap();
+        assert_eq!(run(&model, &mut q, &toks, 50, 8), dense, "{rows:?} p = 1");
+        let reads = q.page_reads().unwrap();
+        // 50 decode steps, 3 layers, a row per head: every slot held a page.
+        let heads = if rows == TableRows::PerQoHead { 6 } else { 2 };
+        assert_eq!(reads.rows, 50 * 3 * heads);
+        assert_eq!(reads.pages, reads.slots);
+
+        let mut trim = Quest::<CpuBackend>::new(QuestConfig {
+            mass: Some(0.3),
+            ..config
+        })
+        .unwrap();
+        let mut c = cache(&model, 8);
+        let s = c.add_sequence();
+        model
+            .forward(&mut c, &[(s, &toks[..99])], &mut trim)
+            .unwrap();
+        let f = model
+            .forward(&mut c, &[(s, &toks[99..])], &mut trim)
+            .unwrap();
+        let logits = CpuBackend.download(&f.logits).unwrap();
+        assert!(logits.iter().all(|x| x.is_finite()));
+        let reads = trim.page_reads().unwrap();
+        assert_eq!(reads.rows, 3 * heads);
+        assert_eq!(reads.slots, 3 * heads * 13, "13 pages of 8 for 100 tokens");
+        assert!(
+            reads.pages < reads.slots,
+            "{reads:?}: p = 0.3 trims nothing"
+        );
+        assert!(reads.pages >= 3 * heads, "the last page is always kept");
+        let st = f.stats;
+        assert_eq!(st.kv_bytes, 0, "every layer's pages are adaptive");
+        assert_eq!(st.adaptive_slots, reads.slots as usize);
+        assert!(st.kv_bytes_with(reads.pages) < st.kv_bytes_upper());
+        // Slots of 8 tokens, each token one KV head's K and V: 2 * head_dim 16 * 2 bytes.
+        let token_bytes = 2 * 16 * 2;
+        assert_eq!(
+            st.kv_bytes_upper(),
+            3 * heads as usize * 13 * 8 * token_bytes
+        );
+        assert_eq!(st.dense_kv_bytes, 3 * 100 * 2 * token_bytes);
+    }
+    let bad = QuestConfig {
+        mass: Some(1.5),
+        ..QuestConfig::new(64)
+    };
+    assert!(Quest::<CpuBackend>::new(bad).is_err());
 }

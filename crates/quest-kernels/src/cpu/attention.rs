@@ -9,9 +9,10 @@ use super::select::check_heads;
 use crate::backend::AttentionShape;
 use crate::dtype::Half;
 use crate::error::{Result, expect_len, shape_err};
-use crate::layout::{PageTable, PagedLayout, TableRows};
+use crate::layout::{EMPTY_PAGE, PageTable, PagedLayout, TableRows};
 
 /// The keys (kv = 0) or values (kv = 1) of one KV head along a table row, as f32 `[tokens, d]`.
+/// Empty slots ([`EMPTY_PAGE`]) hold no tokens: nothing is read for them.
 fn gather_row<T: Half>(
     kv: &[T],
     layout: &PagedLayout,
@@ -26,6 +27,9 @@ fn gather_row<T: Half>(
     let mut out = vec![0f32; tokens * d];
     let mut t = 0;
     for (i, &p) in pages.iter().enumerate() {
+        if p == EMPTY_PAGE {
+            continue;
+        }
         let filled = if i + 1 == pages.len() {
             table.last_page_len[row] as usize
         } else {
@@ -37,6 +41,7 @@ fn gather_row<T: Half>(
             t += 1;
         }
     }
+    out.truncate(t * d);
     out
 }
 
@@ -75,7 +80,7 @@ pub fn decode_attention<T: Half>(
     const OP: &str = "decode_attention";
     let layout = &shape.layout;
     check_heads(OP, shape)?;
-    table.validate(OP, layout)?;
+    table.validate_sparse(OP, layout)?;
     expect_len(OP, "kv pages", kv.len(), layout.kv_len())?;
     let (hq, hkv, d) = (shape.num_qo_heads, layout.num_kv_heads, layout.head_dim);
     if q.len() % (hq * d) != 0 {
@@ -90,7 +95,7 @@ pub fn decode_attention<T: Half>(
         let row = rows.row(b, h, hq, hkv);
         let keys = gather_row(kv, layout, table, row, 0, h / group);
         let values = gather_row(kv, layout, table, row, 1, h / group);
-        let n = table.row_tokens(row, layout.page_size);
+        let n = keys.len() / d; // the tokens of the row's pages, empty slots skipped
         attend(
             &q[bh * d..(bh + 1) * d],
             &keys,

@@ -11,11 +11,11 @@ pub use attention::{decode_attention, prefill_attention};
 pub use dense::{add_assign, argmax, embedding, matmul, rms_norm, rope, sample, silu_mul};
 pub use paged::{append_kv, update_bounds, update_bounds_int8};
 pub use random::{fill_random, hash_uniform};
-pub use select::{estimate_pages, estimate_pages_int8, force_pages, select_top_pages};
+pub use select::{estimate_pages, estimate_pages_int8, force_pages, mass_prefix, select_top_pages};
 
-use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
+use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams, SelectOptions};
 use crate::dtype::{Elem, Half};
-use crate::error::{Result, shape_err};
+use crate::error::{Result, expect_len, shape_err};
 use crate::layout::{PageTable, PagedLayout, TableRows};
 
 /// The CPU backend. Buffers are `Vec<T>`.
@@ -216,21 +216,21 @@ impl Backend for CpuBackend {
         scores: &Vec<f32>,
         shape: &AttentionShape,
         table: &DevicePageTable<Self>,
-        budget_pages: usize,
-        rows: TableRows,
+        opts: SelectOptions,
         out: &mut DevicePageTable<Self>,
+        kept: Option<&mut Vec<u64>>,
     ) -> Result<()> {
+        const OP: &str = "select_top_pages";
+        if let Some(k) = &kept {
+            expect_len(OP, "kept counter", k.len(), 1)?;
+        }
         let mut result = host_table(out);
-        select::select_top_pages(
-            scores,
-            shape,
-            &host_table(table),
-            budget_pages,
-            rows,
-            &mut result,
-        )?;
+        let n = select::select_top_pages(scores, shape, &host_table(table), opts, &mut result)?;
         out.indices = result.indices;
         out.last_page_len = result.last_page_len;
+        if let Some(k) = kept {
+            k[0] += n;
+        }
         Ok(())
     }
 

@@ -1,10 +1,10 @@
 //! CPU reference for Quest's page selection: the criticality estimate from per-page key bounds,
 //! and top-k pages per head.
 
-use crate::backend::AttentionShape;
+use crate::backend::{AttentionShape, SelectOptions};
 use crate::dtype::Half;
-use crate::error::{Result, arg_err, expect_len, shape_err};
-use crate::layout::{PageTable, TableRows};
+use crate::error::{Result, expect_len, shape_err};
+use crate::layout::{EMPTY_PAGE, PageTable, TableRows};
 use crate::quant::dequant;
 
 /// `scores[h, j] = Σ_i max(q_i · max_i, q_i · min_i)`, an upper bound of `q · k` for every key `k`
@@ -111,38 +111,28 @@ pub(crate) fn check_heads(op: &'static str, shape: &AttentionShape) -> Result<()
     shape.layout.validate(op)
 }
 
-/// Keeps the last page of each sequence and the `budget_pages - 1` best others, per head row; see
-/// [`crate::Backend::select_top_pages`]. `out` must have the row structure of
-/// [`crate::DevicePageTable::for_selection`]; its indices and last page lengths are written.
+/// Keeps the last page of each sequence and the `budget_pages - 1` best others, per head row, or
+/// with `opts.mass` the adaptive prefix of them; see [`crate::Backend::select_top_pages`]. `out`
+/// must have the row structure of [`crate::DevicePageTable::for_selection`]; its indices and last
+/// page lengths are written. Returns the number of pages written (empty slots not counted).
 pub fn select_top_pages(
     scores: &[f32],
     shape: &AttentionShape,
     table: &PageTable,
-    budget_pages: usize,
-    rows: TableRows,
+    opts: SelectOptions,
     out: &mut PageTable,
-) -> Result<()> {
+) -> Result<u64> {
     const OP: &str = "select_top_pages";
     check_heads(OP, shape)?;
     table.validate(OP, &shape.layout)?;
-    if budget_pages == 0 {
-        return Err(arg_err(
-            OP,
-            "budget of 0 pages: the last page is always kept",
-        ));
-    }
+    opts.validate(OP)?;
+    let budget_pages = opts.budget_pages;
     let hq = shape.num_qo_heads;
     let nnz = table.indices.len();
     expect_len(OP, "scores", scores.len(), hq * nnz)?;
-    let (heads, group) = match rows {
-        TableRows::PerQoHead => (hq, 1),
+    let (heads, group) = match opts.rows {
         TableRows::PerKvHead => (shape.layout.num_kv_heads, shape.group_size()),
-        TableRows::PerSequence => {
-            return Err(arg_err(
-                OP,
-                "selection rows must be per query or per KV head",
-            ));
-        }
+        _ => (hq, 1),
     };
     let batch = table.rows();
     expect_len(OP, "output rows", out.rows(), batch * heads)?;
@@ -161,6 +151,9 @@ pub fn select_top_pages(
     }
     out.indices.resize(*want.last().unwrap_or(&0) as usize, 0);
     out.last_page_len.resize(batch * heads, 0);
+    // exp(scale * (s - s_max)) with the per-head scale of a summed row.
+    let scale = shape.sm_scale / group as f32;
+    let mut kept_total = 0u64;
     let mut order: Vec<usize> = Vec::new();
     for b in 0..batch {
         let (start, end) = (table.indptr[b] as usize, table.indptr[b + 1] as usize);
@@ -169,10 +162,12 @@ pub fn select_top_pages(
             let row = b * heads + head;
             let dst = out.indptr[row] as usize;
             out.last_page_len[row] = table.last_page_len[b];
-            if n <= budget_pages {
+            if n <= budget_pages && opts.trim().is_none() {
                 out.indices[dst..dst + n].copy_from_slice(&table.indices[start..end]);
+                kept_total += n as u64;
                 continue;
             }
+            let slots = n.min(budget_pages);
             let score = |j: usize| -> f32 {
                 (head * group..(head + 1) * group)
                     .map(|h| scores[h * nnz + start + j])
@@ -180,9 +175,9 @@ pub fn select_top_pages(
             };
             // All but the last page compete; best first, earlier page on ties, NaN last (below
             // -inf). Numeric comparison, so -0.0 and +0.0 tie (`total_cmp` would rank +0.0 first).
+            let keyed: Vec<f32> = (0..n - 1).map(score).collect();
             order.clear();
             order.extend(0..n - 1);
-            let keyed: Vec<f32> = (0..n - 1).map(score).collect();
             order.sort_by(|&a, &b| {
                 let (sa, sb) = (keyed[a], keyed[b]);
                 let by_score = match (sa.is_nan(), sb.is_nan()) {
@@ -191,15 +186,57 @@ pub fn select_top_pages(
                 };
                 by_score.then(a.cmp(&b))
             });
-            order.truncate(budget_pages - 1);
+            order.truncate(slots - 1);
+            if let Some(p) = opts.trim() {
+                let keep = mass_prefix(&keyed, &order, scale, p);
+                order.truncate(keep);
+            }
             order.sort_unstable();
             for (i, &j) in order.iter().enumerate() {
                 out.indices[dst + i] = table.indices[start + j];
             }
-            out.indices[dst + budget_pages - 1] = table.indices[end - 1];
+            out.indices[dst + order.len()..dst + slots - 1].fill(EMPTY_PAGE);
+            out.indices[dst + slots - 1] = table.indices[end - 1];
+            kept_total += order.len() as u64 + 1;
         }
     }
-    Ok(())
+    Ok(kept_total)
+}
+
+/// How many of `order` (a row's top-k candidates, best first) the adaptive budget keeps: every
+/// forced page (score `+inf`), and non-forced pages while the mass before them is `< p * total`,
+/// where a finite score `s` has mass `exp(scale * (s - s_max))` (`s_max`: the largest finite
+/// score of all candidates `keyed`), NaN and `-inf` none, and `total` sums every non-forced
+/// candidate of `keyed` in page order. Forced pages come first in `order`, so the kept pages are
+/// a prefix of it.
+pub fn mass_prefix(keyed: &[f32], order: &[usize], scale: f32, p: f32) -> usize {
+    let s_max = keyed
+        .iter()
+        .copied()
+        .filter(|s| s.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mass = |s: f32| {
+        if s.is_finite() {
+            (scale * (s - s_max)).exp()
+        } else {
+            0.0
+        }
+    };
+    let total: f32 = keyed.iter().map(|&s| mass(s)).sum();
+    let goal = p * total;
+    let mut before = 0f32;
+    let mut keep = 0;
+    for &j in order {
+        let s = keyed[j];
+        if s != f32::INFINITY {
+            if before >= goal {
+                break;
+            }
+            before += mass(s);
+        }
+        keep += 1;
+    }
+    keep
 }
 
 /// Forces Quest's sink and recent pages: `scores[h, j] = +inf` for every query head and, in each

@@ -6,7 +6,7 @@
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
 
 use super::select::{check_head_dim, i32_of};
-use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
+use super::{CudaBackend, CudaBuf, Family, check_table, check_table_sparse, cuda_err, suffix};
 use crate::backend::{AttentionShape, Backend, DevicePageTable};
 use crate::cpu::select::check_heads;
 use crate::dtype::Half;
@@ -202,7 +202,7 @@ pub(super) fn decode_attention<T: Half>(
     const OP: &str = "decode_attention";
     let layout = &shape.layout;
     check_heads(OP, shape)?;
-    check_table(OP, table, layout)?;
+    check_table_sparse(OP, table, layout)?;
     expect_len(OP, "kv pages", kv.len(), layout.kv_len())?;
     let (hq, hkv, d) = (shape.num_qo_heads, layout.num_kv_heads, layout.head_dim);
     if q.len() % (hq * d) != 0 {

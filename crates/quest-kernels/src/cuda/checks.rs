@@ -3,7 +3,7 @@
 use super::CudaBackend;
 use crate::backend::DevicePageTable;
 use crate::error::{Result, shape_err};
-use crate::layout::PagedLayout;
+use crate::layout::{EMPTY_PAGE, PagedLayout};
 
 /// Grid-stride launch size for `n` elements with 256 threads a block.
 pub(crate) fn elementwise_grid(n: usize) -> u32 {
@@ -19,6 +19,25 @@ pub(crate) fn check_table(
     op: &'static str,
     table: &DevicePageTable<CudaBackend>,
     layout: &PagedLayout,
+) -> Result<()> {
+    check(op, table, layout, false)
+}
+
+/// [`check_table`] for decode attention: empty slots ([`EMPTY_PAGE`]) allowed in every slot of a
+/// row but its last, as [`crate::PageTable::validate_sparse`].
+pub(crate) fn check_table_sparse(
+    op: &'static str,
+    table: &DevicePageTable<CudaBackend>,
+    layout: &PagedLayout,
+) -> Result<()> {
+    check(op, table, layout, true)
+}
+
+fn check(
+    op: &'static str,
+    table: &DevicePageTable<CudaBackend>,
+    layout: &PagedLayout,
+    empty_slots: bool,
 ) -> Result<()> {
     use crate::error::expect_len;
     let ip = &table.indptr_host;
@@ -61,17 +80,23 @@ pub(crate) fn check_table(
         }
     }
     if let Some(indices) = &table.indices.mirror {
-        if let Some(i) = indices
-            .iter()
-            .position(|&p| p < 0 || p as usize >= layout.num_pages)
-        {
-            return Err(crate::error::index_err(
-                op,
-                format!(
-                    "page id {} at position {i} outside 0..{}",
-                    indices[i], layout.num_pages
-                ),
-            ));
+        for w in ip.windows(2) {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            for (i, &p) in indices[start..end].iter().enumerate() {
+                if empty_slots && p == EMPTY_PAGE && start + i + 1 < end {
+                    continue;
+                }
+                if p < 0 || p as usize >= layout.num_pages {
+                    return Err(crate::error::index_err(
+                        op,
+                        format!(
+                            "page id {p} at position {} outside 0..{}",
+                            start + i,
+                            layout.num_pages
+                        ),
+                    ));
+                }
+            }
         }
     }
     Ok(())

@@ -20,7 +20,7 @@ mod timing;
 
 pub use timing::CudaTimer;
 
-use checks::{check_table, elementwise_grid};
+use checks::{check_table, check_table_sparse, elementwise_grid};
 use device::{Family, PtxArch, guarded, probe};
 
 use std::any::TypeId;
@@ -31,7 +31,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStrea
 use cudarc::nvrtc::Ptx;
 use half::{bf16, f16};
 
-use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams};
+use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams, SelectOptions};
 use crate::dtype::{DType, Elem, Half};
 use crate::error::{KernelError, Result, arg_err, shape_err};
 use crate::layout::{PagedLayout, TableRows};
@@ -83,6 +83,7 @@ fn is_pod<T: Elem>() -> bool {
         TypeId::of::<i32>(),
         TypeId::of::<u32>(),
         TypeId::of::<u8>(),
+        TypeId::of::<u64>(),
     ]
     .contains(&id)
         && std::mem::size_of::<T>() == T::DTYPE.size_in_bytes()
@@ -101,7 +102,7 @@ fn check_pod<T: Elem>(op: &'static str) -> Result<()> {
 
 fn as_bytes<T: Elem>(data: &[T]) -> &[u8] {
     debug_assert!(is_pod::<T>());
-    // SAFETY: callers checked `is_pod::<T>()`: T is f32/f16/bf16/i32/u32/u8, which have no padding,
+    // SAFETY: callers checked `is_pod::<T>()`: T is f32/f16/bf16/i32/u32/u8/u64, which have no padding,
     // so every byte of the slice is initialised; u8 has alignment 1 and the length is exact.
     unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
 }
@@ -595,11 +596,11 @@ impl Backend for CudaBackend {
         scores: &CudaBuf<f32>,
         shape: &AttentionShape,
         table: &DevicePageTable<Self>,
-        budget_pages: usize,
-        rows: TableRows,
+        opts: SelectOptions,
         out: &mut DevicePageTable<Self>,
+        kept: Option<&mut CudaBuf<u64>>,
     ) -> Result<()> {
-        select::select_top_pages(self, scores, shape, table, budget_pages, rows, out)
+        select::select_top_pages(self, scores, shape, table, opts, out, kept)
     }
 
     fn decode_attention<T: Half>(

@@ -4,7 +4,7 @@
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
-use crate::backend::{AttentionShape, DevicePageTable};
+use crate::backend::{AttentionShape, DevicePageTable, SelectOptions};
 use crate::cpu::select::check_heads;
 use crate::dtype::Half;
 use crate::error::{Result, arg_err, expect_len, shape_err};
@@ -31,9 +31,17 @@ struct SelectParams {
     group: i32,
     nnz: i32,
     budget: i32,
+    /// Adaptive budget threshold p (< 1; `select_top_pages_mass` only).
+    mass: f32,
+    /// `sm_scale / group`: the mass of a page is `exp(scale * (s - s_max))`.
+    scale: f32,
 }
-// SAFETY: plain #[repr(C)] i32 fields, the same layout as `SelectParams` in ptx/select.cu.
+// SAFETY: plain #[repr(C)] 4-byte fields, the same layout as `SelectParams` in ptx/select.cu.
 unsafe impl DeviceRepr for SelectParams {}
+
+/// The most winners (`budget_pages - 1`) a row may have in the adaptive-budget kernel, which sorts
+/// them in shared memory (`MASS_CAP` in ptx/select.cu).
+pub(super) const MASS_CAP: usize = 1024;
 
 /// The vectorised kernels give each lane 8 channels of a head, a team of `head_dim / 8` lanes
 /// (a power of two up to a warp) per head.
@@ -117,31 +125,21 @@ pub(super) fn select_top_pages(
     scores: &CudaBuf<f32>,
     shape: &AttentionShape,
     table: &DevicePageTable<CudaBackend>,
-    budget_pages: usize,
-    rows: TableRows,
+    opts: SelectOptions,
     out: &mut DevicePageTable<CudaBackend>,
+    kept: Option<&mut CudaBuf<u64>>,
 ) -> Result<()> {
     const OP: &str = "select_top_pages";
     check_heads(OP, shape)?;
     check_table(OP, table, &shape.layout)?;
-    if budget_pages == 0 {
-        return Err(arg_err(
-            OP,
-            "budget of 0 pages: the last page is always kept",
-        ));
-    }
+    opts.validate(OP)?;
+    let budget_pages = opts.budget_pages;
     let hq = shape.num_qo_heads;
     let nnz = table.nnz();
     expect_len(OP, "scores", scores.len(), hq * nnz)?;
-    let (heads, group) = match rows {
-        TableRows::PerQoHead => (hq, 1),
+    let (heads, group) = match opts.rows {
         TableRows::PerKvHead => (shape.layout.num_kv_heads, shape.group_size()),
-        TableRows::PerSequence => {
-            return Err(arg_err(
-                OP,
-                "selection rows must be per query or per KV head",
-            ));
-        }
+        _ => (hq, 1),
     };
     let batch = table.rows();
     expect_len(OP, "output rows", out.rows(), batch * heads)?;
@@ -160,6 +158,27 @@ pub(super) fn select_top_pages(
         out.last_page_len.len(),
         batch * heads,
     )?;
+    if let Some(k) = &kept {
+        expect_len(OP, "kept counter", k.len(), 1)?;
+    }
+    let trim = opts.trim();
+    // The adaptive kernel sorts a row's winners in shared memory: at most MASS_CAP of them.
+    let longest = table
+        .indptr_host
+        .windows(2)
+        .map(|w| (w[1] - w[0]).max(0) as usize)
+        .max()
+        .unwrap_or(0);
+    if trim.is_some() && budget_pages.min(longest).saturating_sub(1) > MASS_CAP {
+        return Err(arg_err(
+            OP,
+            format!(
+                "the adaptive budget (mass) supports at most {} pages a row on CUDA, not {}",
+                MASS_CAP + 1,
+                budget_pages.min(longest)
+            ),
+        ));
+    }
     if batch * heads == 0 {
         return Ok(());
     }
@@ -169,8 +188,15 @@ pub(super) fn select_top_pages(
         group: group as i32,
         nnz: i32_of(OP, "nnz", nnz)?,
         budget: i32_of(OP, "budget_pages", budget_pages)?,
+        mass: trim.unwrap_or(1.0),
+        scale: shape.sm_scale / group as f32,
     };
-    let f = be.func(OP, Family::Select, "select_top_pages")?;
+    let name = if trim.is_some() {
+        "select_top_pages_mass"
+    } else {
+        "select_top_pages"
+    };
+    let f = be.func(OP, Family::Select, name)?;
     let (sp, ip, xp, lp) = (
         scores.ptr(),
         table.indptr.ptr(),
@@ -182,6 +208,7 @@ pub(super) fn select_top_pages(
         out.indices.touched(),
         out.last_page_len.touched(),
     );
+    let kp: u64 = kept.map_or(0, |k| k.touched());
     let mut b = be.launch_builder(&f);
     b.arg(&sp)
         .arg(&ip)
@@ -190,15 +217,17 @@ pub(super) fn select_top_pages(
         .arg(&oip)
         .arg(&oxp)
         .arg(&olp)
+        .arg(&kp)
         .arg(&p);
     let cfg = LaunchConfig {
         grid_dim: ((batch * heads) as u32, 1, 1),
         block_dim: (1024, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: matches `select_top_pages(const float*, const int* x4, int*, int*, SelectParams)`;
-    // the output rows were checked to be `selection_indptr` of the input, so every row's writes
-    // stay inside its `min(n, budget)` slots.
+    // SAFETY: matches `select_top_pages[_mass](const float*, const int* x4, int*, int*,
+    // unsigned long long*, SelectParams)`; the output rows were checked to be
+    // `selection_indptr` of the input, so every row's writes stay inside its `min(n, budget)`
+    // slots; `kept` is null or one u64; the mass kernel's rows have at most MASS_CAP winners.
     unsafe { b.launch(cfg) }.map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
