@@ -1,7 +1,8 @@
 //! Paged decode and causal prefill attention (`ptx/decode_attention.cu`,
 //! `ptx/prefill_attention.cu`, kernel in `ptx/attention.cuh`); checks as in
-//! [`crate::cpu::attention`]. This file sizes the launch: the GQA head chunk per block and the
-//! split-K factor that fills the GPU.
+//! [`crate::cpu::attention`]. This file sizes the launch: the kernel (CUDA cores, or tensor cores
+//! for grouped heads, `ptx/attention_mma.cuh`), the GQA head chunk per block and the split-K
+//! factor that fills the GPU.
 
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
 
@@ -9,12 +10,16 @@ use super::select::{check_head_dim, i32_of};
 use super::{CudaBackend, CudaBuf, Family, check_table, check_table_sparse, cuda_err, suffix};
 use crate::backend::{AttentionShape, Backend, DevicePageTable};
 use crate::cpu::select::check_heads;
-use crate::dtype::Half;
+use crate::dtype::{DType, Half};
 use crate::error::{Result, expect_len, shape_err};
 use crate::layout::TableRows;
 
 const THREADS: u32 = 128;
 const TOKENS_PER_STEP_PER_TEAM: usize = 2; // ATT_U in ptx/attention.cuh
+/// Tensor-core decode (ptx/attention_mma.cuh): MMA_WARPS warps a block, one page of 16 tokens
+/// per warp step, so a block step is 8 pages.
+const MMA_THREADS: u32 = 8 * 32;
+const MMA_STEP_TOKENS: usize = 8 * 16;
 /// Rows up to this many tokens give every query head its own block (GB = 1): for short rows
 /// (Quest's selections) parallelism beats reading a KV page once per group (L2 catches most
 /// re-reads). Measured on the H100, docs/kernels.md.
@@ -49,6 +54,43 @@ fn heads_per_block(rows: TableRows, group: usize, max_len: usize) -> usize {
     [1, 2, 4, 8].into_iter().find(|&g| g >= group).unwrap_or(8)
 }
 
+/// The tensor-core decode kernel for this launch, as its n-tile count (1: groups of 2..=4 query
+/// heads per KV head, 2: 5..=8), or `None` for the CUDA-core kernel.
+///
+/// Why these bounds: the kernel puts a group's query heads (hi and lo halves of q) in the 16 rows
+/// of an mma.sync m16n8k16 tile, so it needs every head of the group to read the same row
+/// (PerSequence / PerKvHead; PerQoHead rows differ per head) and at most 8 heads; a group of 1
+/// would use 2 of 16 rows, and the CUDA-core kernel is as fast there. It is written for
+/// head_dim 128 and page size 16 (one warp per page, the fragment/channel mapping) and for the
+/// 16-bit storage types the tensor cores multiply (f32 K/V keeps the CUDA-core kernel). Prefill
+/// (several query tokens, causal lengths) keeps the CUDA-core kernel. On the H100 it reads K/V at
+/// 1.5-2.3x the CUDA-core kernel's rate for groups of 4 (docs/kernels.md).
+fn mma_decode_tiles(
+    family: Family,
+    dtype: DType,
+    head_dim: usize,
+    page_size: usize,
+    group: usize,
+    rows: TableRows,
+) -> Option<usize> {
+    let fits = family == Family::Decode
+        && matches!(dtype, DType::F16 | DType::Bf16)
+        && head_dim == 128
+        && page_size == 16
+        && matches!(rows, TableRows::PerSequence | TableRows::PerKvHead);
+    match group {
+        2..=4 if fits => Some(1),
+        5..=8 if fits => Some(2),
+        _ => None,
+    }
+}
+
+/// `QUEST_MMA_DECODE=0` keeps the CUDA-core kernel everywhere, for A/B measurements.
+fn mma_decode_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("QUEST_MMA_DECODE").map_or(true, |v| v != "0"))
+}
+
 struct Launch<'a> {
     op: &'static str,
     family: Family,
@@ -72,9 +114,13 @@ fn launch<T: Half>(
     let layout = &shape.layout;
     let (hq, hkv, d) = (shape.num_qo_heads, layout.num_kv_heads, layout.head_dim);
     let group = shape.group_size();
+    let mma = mma_decode_tiles(l.family, T::DTYPE, d, layout.page_size, group, l.rows)
+        .filter(|_| mma_decode_enabled());
     let gb = heads_per_block(l.rows, group, l.max_len);
     let group_chunks = group.div_ceil(gb);
-    let chunks = if l.rows == TableRows::PerQoHead {
+    let chunks = if mma.is_some() {
+        hkv
+    } else if l.rows == TableRows::PerQoHead {
         hq
     } else {
         hkv * group_chunks
@@ -83,23 +129,33 @@ fn launch<T: Half>(
     if units == 0 {
         return Ok(());
     }
-    let name = format!("{}_{}_g{gb}", l.prefix, suffix::<T>(op)?);
+    let (name, threads, step) = match mma {
+        Some(nt) => (
+            format!("{}_mma_{}_n{nt}", l.prefix, suffix::<T>(op)?),
+            MMA_THREADS,
+            MMA_STEP_TOKENS,
+        ),
+        None => (
+            format!("{}_{}_g{gb}", l.prefix, suffix::<T>(op)?),
+            THREADS,
+            (THREADS as usize / (d / 8)) * TOKENS_PER_STEP_PER_TEAM,
+        ),
+    };
     let f: CudaFunction = be.func(op, l.family, &name)?;
     // Split-K: enough blocks for one full wave of resident blocks on every SM, each split a
-    // whole number of the block's token steps.
+    // whole number of the block's token steps (for the tensor-core kernel: whole pages).
     let resident = f
-        .occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)
+        .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
         .map_err(|e| cuda_err(op, e))?
         .max(1) as usize;
     let target = be.num_sms() as usize * resident;
-    let step = (THREADS as usize / (d / 8)) * TOKENS_PER_STEP_PER_TEAM;
     let max_len = l.max_len.max(1);
     let want_splits = target.div_ceil(units).max(1);
     let mut chunk = max_len
         .div_ceil(want_splits)
         .max(128)
         .next_multiple_of(step);
-    chunk = chunk.max(max_len.div_ceil(65535));
+    chunk = chunk.max(max_len.div_ceil(65535)).next_multiple_of(step);
     let splits = max_len.div_ceil(chunk);
     let (part_o, part_lse) = if splits > 1 {
         let o_len = l.num_queries * hq * splits * d;
@@ -155,10 +211,10 @@ fn launch<T: Half>(
             splits as u32,
             1,
         ),
-        block_dim: (THREADS, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     };
-    // SAFETY: matches `<prefix>_<T>_g<GB>(const float* q, const T* kv, const int* indptr, const
+    // SAFETY: matches `<prefix>_<T>_g<GB>` and `decode_mma_<T>_n<NT>` (const float* q, const T* kv, const int* indptr, const
     // int* indices, const int* last, const int* qo, float* out, float* part_o, float* part_lse,
     // AttnParams)`. Shapes were checked by the caller; the scratch holds queries * heads * splits
     // partials; page ids and lengths are clamped in the kernel.
@@ -286,4 +342,49 @@ pub(super) fn prefill_attention<T: Half>(
     };
     // `qo` is freed when it drops, stream-ordered after the kernel that reads it.
     launch::<T>(be, shape, l, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_core_decode_only_where_it_is_written_for() {
+        use TableRows::*;
+        let d = Family::Decode;
+        for (group, want) in [(1, None), (2, Some(1)), (3, Some(1)), (4, Some(1))] {
+            assert_eq!(
+                mma_decode_tiles(d, DType::F16, 128, 16, group, PerSequence),
+                want
+            );
+        }
+        for group in 5..=8 {
+            assert_eq!(
+                mma_decode_tiles(d, DType::Bf16, 128, 16, group, PerKvHead),
+                Some(2)
+            );
+        }
+        assert_eq!(
+            mma_decode_tiles(d, DType::F16, 128, 16, 9, PerSequence),
+            None
+        );
+        assert_eq!(mma_decode_tiles(d, DType::F16, 128, 16, 4, PerQoHead), None);
+        assert_eq!(
+            mma_decode_tiles(d, DType::F32, 128, 16, 4, PerSequence),
+            None
+        );
+        assert_eq!(
+            mma_decode_tiles(d, DType::F16, 64, 16, 4, PerSequence),
+            None
+        );
+        assert_eq!(
+            mma_decode_tiles(d, DType::F16, 128, 32, 4, PerSequence),
+            None
+        );
+        let p = Family::Prefill;
+        assert_eq!(
+            mma_decode_tiles(p, DType::F16, 128, 16, 4, PerSequence),
+            None
+        );
+    }
 }

@@ -65,6 +65,13 @@ impl<T: Elem> CudaBuf<T> {
         self.ptr
     }
 
+    /// Drops the host mirror, as a kernel writing the buffer would. Ops can then no longer check
+    /// its contents on the host and rely on the kernels' own bounds checks; tests use this to
+    /// hand kernels a corrupt page table.
+    pub fn forget_host_mirror(&mut self) {
+        self.mirror = None;
+    }
+
     /// Marks the buffer as written on the device: the host mirror is stale.
     pub(crate) fn touched(&mut self) -> u64 {
         self.mirror = None;
