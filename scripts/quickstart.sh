@@ -8,4 +8,4 @@ cargo build --release -q -p quest-cli
 quest=target/release/quest
 [ -f models/smollm2/model.safetensors ] || "$quest" fetch smollm2 models/smollm2
 "$quest" generate --model models/smollm2 --prompt-file examples/passkey_2k.txt \
-  --policy quest --budget 1024 --page-size 16 --max-new-tokens 16 --device auto "$@"
+  --policy quest --budget 1024 --max-new-tokens 16 --device auto "$@"

@@ -98,9 +98,11 @@ pub struct PasskeyArgs {
 /// Options of the policies, shared by the evaluations.
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
-    /// Quest's page size (the token policies use one-token pages).
-    #[arg(long, default_value_t = 16)]
-    pub page_size: usize,
+    /// Quest's page size. Default: 16 for dense, quest and quest-group (the paper's setting),
+    /// 8 for quest-sink and quest-sink-group, the default Quest (smaller pages select more
+    /// precisely: docs/accuracy.md). The token policies use one-token pages.
+    #[arg(long)]
+    pub page_size: Option<usize>,
     /// Layers that stay dense under every policy.
     #[arg(long, default_value_t = 2)]
     pub skip_layers: usize,
@@ -110,15 +112,59 @@ pub struct PolicyArgs {
     /// quest-sink*: pages kept before the last one.
     #[arg(long, default_value_t = 2)]
     pub recent_pages: usize,
-    /// quest*: how the page bounds are stored.
-    #[arg(long, value_enum, default_value_t = BoundsArg::F16)]
-    pub bounds: BoundsArg,
+    /// quest*: how the page bounds are stored. Default: f16 for quest and quest-group (the
+    /// paper), int8 for quest-sink and quest-sink-group (the default Quest: with 8-token pages the
+    /// estimate then reads what the paper's f16 bounds of 16-token pages do).
+    #[arg(long, value_enum)]
+    pub bounds: Option<BoundsArg>,
     /// quest*: adaptive budget: keep each head's best pages only until their estimated softmax
     /// mass reaches P (0 < P <= 1; forced pages always), the budget being the cap. Reports the
     /// average pages read per row.
     #[arg(long, value_name = "P")]
     pub mass: Option<f32>,
 }
+
+impl PolicyArgs {
+    /// The page size `policy` runs with: `--page-size`, else the policy's own default.
+    pub fn page_size_for(&self, policy: EvalPolicy) -> usize {
+        match policy {
+            EvalPolicy::Streaming | EvalPolicy::H2o | EvalPolicy::Tova => 1,
+            EvalPolicy::QuestSink | EvalPolicy::QuestSinkGroup => {
+                self.page_size.unwrap_or(quest_model::DEFAULT_PAGE_SIZE)
+            }
+            _ => self.page_size.unwrap_or(PAPER_PAGE_SIZE),
+        }
+    }
+
+    /// How `policy` stores its page bounds: `--bounds`, else the policy's own default.
+    pub fn bounds_for(&self, policy: EvalPolicy) -> BoundsArg {
+        match policy {
+            EvalPolicy::QuestSink | EvalPolicy::QuestSinkGroup => {
+                self.bounds.unwrap_or(BoundsArg::Int8)
+            }
+            _ => self.bounds.unwrap_or(BoundsArg::F16),
+        }
+    }
+
+    /// `{policy, page_size, bounds}` of each policy, for the JSON reports.
+    pub fn settings(&self, policies: &[EvalPolicy]) -> serde_json::Value {
+        serde_json::Value::Array(
+            policies
+                .iter()
+                .map(|&p| {
+                    json!({
+                        "policy": p.name(),
+                        "page_size": self.page_size_for(p),
+                        "bounds": self.bounds_for(p).name(),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The paper's page size.
+const PAPER_PAGE_SIZE: usize = 16;
 
 /// Refuses a `--mass` outside (0, 1].
 pub fn check_mass(mass: Option<f32>) -> Result<()> {
@@ -187,7 +233,7 @@ pub fn make_policy<B: Backend, W: Half>(
 ) -> Result<(Box<dyn KvPolicy<B, W>>, usize)> {
     let skip = args.skip_layers;
     Ok(match p {
-        EvalPolicy::Dense => (Box::new(Dense), args.page_size),
+        EvalPolicy::Dense => (Box::new(Dense), args.page_size_for(p)),
         EvalPolicy::Quest
         | EvalPolicy::QuestGroup
         | EvalPolicy::QuestSink
@@ -204,10 +250,10 @@ pub fn make_policy<B: Backend, W: Half>(
                 },
                 sink_pages: if sink { args.sink_pages } else { 0 },
                 recent_pages: if sink { args.recent_pages } else { 0 },
-                bounds: args.bounds.format(),
+                bounds: args.bounds_for(p).format(),
                 mass: args.mass,
             })?;
-            (Box::new(q), args.page_size)
+            (Box::new(q), args.page_size_for(p))
         }
         EvalPolicy::Streaming => (Box::new(StreamingLlm::<B>::new(budget, skip)), 1),
         EvalPolicy::H2o => (Box::new(H2o::<B>::new(budget, skip)), 1),
@@ -216,7 +262,7 @@ pub fn make_policy<B: Backend, W: Half>(
 }
 
 fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) -> Result<()> {
-    if args.keys == 0 || args.batch == 0 || args.policy.page_size == 0 {
+    if args.keys == 0 || args.batch == 0 || args.policy.page_size == Some(0) {
         bail!("--keys, --batch and --page-size must be positive");
     }
     check_mass(args.policy.mass)?;
@@ -276,10 +322,9 @@ fn passkey<B: Backend, W: Half>(backend: &B, args: &PasskeyArgs, quiet: bool) ->
         "device": backend.name(),
         "keys": args.keys,
         "seed": args.seed,
-        "page_size": args.policy.page_size,
+        "policies": args.policy.settings(&args.policies),
         "tail": args.tail,
         "skip_layers": args.policy.skip_layers,
-        "bounds": args.policy.bounds.name(),
         "mass": args.policy.mass,
         "seconds": started.elapsed().as_secs_f64(),
         "results": results,
@@ -333,10 +378,7 @@ fn render_table(args: &PasskeyArgs, results: &[serde_json::Value]) -> String {
             "\npass-key accuracy, ~{length} tokens, {} keys{}",
             args.keys,
             match args.policy.mass {
-                Some(p) => format!(
-                    "; quest*: mass {p}, (average pages read per row, of budget / {})",
-                    args.policy.page_size
-                ),
+                Some(p) => format!("; quest*: mass {p}, (average pages read per row)"),
                 None => String::new(),
             }
         );

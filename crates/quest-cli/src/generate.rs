@@ -104,8 +104,8 @@ pub struct GenerateArgs {
     /// Quest: tokens each head attends to per decode step.
     #[arg(long, default_value_t = 512)]
     pub budget: usize,
-    /// Tokens per KV page.
-    #[arg(long, default_value_t = 16)]
+    /// Tokens per KV page (8: the default Quest's pages, docs/accuracy.md; the paper used 16).
+    #[arg(long, default_value_t = quest_model::DEFAULT_PAGE_SIZE)]
     pub page_size: usize,
     /// Quest: pages at the start of the sequence always kept (attention sink; 0 for the paper's
     /// selection).
@@ -120,8 +120,8 @@ pub struct GenerateArgs {
     /// Quest: the first layers that stay dense.
     #[arg(long, default_value_t = 2)]
     pub skip_layers: usize,
-    /// Quest: how the page bounds are stored.
-    #[arg(long, value_enum, default_value_t = BoundsArg::F16)]
+    /// Quest: how the page bounds are stored (int8: the default Quest; f16: the paper).
+    #[arg(long, value_enum, default_value_t = BoundsArg::Int8)]
     pub bounds: BoundsArg,
     /// Quest: adaptive budget: keep each head's best pages only until their estimated softmax
     /// mass reaches P (0 < P <= 1; sink and recent pages always), --budget being the cap.

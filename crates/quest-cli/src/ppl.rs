@@ -96,7 +96,7 @@ struct Cell {
 }
 
 fn ppl<B: Backend, W: Half>(backend: &B, args: &PplArgs, quiet: bool) -> Result<()> {
-    if args.windows == 0 || args.batch == 0 || args.policy.page_size == 0 {
+    if args.windows == 0 || args.batch == 0 || args.policy.page_size == Some(0) {
         bail!("--windows, --batch and --page-size must be positive");
     }
     if args.lengths.is_empty() || args.policies.is_empty() {
@@ -179,7 +179,7 @@ fn ppl<B: Backend, W: Half>(backend: &B, args: &PplArgs, quiet: bool) -> Result<
             "device": backend.name(),
             "windows": args.windows,
             "prefill": args.prefill,
-            "page_size": args.policy.page_size,
+            "policies": args.policy.settings(&args.policies),
             "skip_layers": args.policy.skip_layers,
             "sink_pages": args.policy.sink_pages,
             "recent_pages": args.policy.recent_pages,
@@ -242,10 +242,7 @@ fn render_table(args: &PplArgs, results: &[Cell], text_tokens: usize) -> String 
                 String::new()
             },
             match args.policy.mass {
-                Some(p) => format!(
-                    "; quest*: mass {p}, [average pages read per row, of budget / {}]",
-                    args.policy.page_size
-                ),
+                Some(p) => format!("; quest*: mass {p}, [average pages read per row]"),
                 None => String::new(),
             }
         );

@@ -22,7 +22,7 @@ pub use error::{ModelError, Result};
 pub use eval::{PasskeyAnswer, PasskeyPrompt, passkey_prompts, run_passkey};
 pub use generate::{GenerateObserver, GenerateParams, GenerateStats, Generation, generate};
 pub use llama::{Forward, Llama, ReadStats, Weights};
-pub use policy::{Dense, KvPolicy, PageReads, Quest, QuestConfig, Selection};
+pub use policy::{DEFAULT_PAGE_SIZE, Dense, KvPolicy, PageReads, Quest, QuestConfig, Selection};
 pub use ppl::{Perplexity, PplOptions, read_text, run_ppl, text_windows};
 pub use synthetic::Shape;
 pub use tokenizer::{TextStream, Tokenizer};
