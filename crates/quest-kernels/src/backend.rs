@@ -187,6 +187,26 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn buf_len<T: Elem>(&self, buf: &Self::Buf<T>) -> usize;
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
+
+    /// Opens a branch: the ops queued from here to [`Backend::branch_end`] see everything queued
+    /// before, and may run concurrently with the ops queued between `branch_end` and
+    /// [`Backend::branch_join`]; ops queued after `branch_join` see both. The caller keeps the
+    /// two sides apart (no buffer written on one side and used on the other before the join).
+    /// Branches do not nest. A backend with one queue (the CPU) runs everything in order; the
+    /// CUDA backend queues the branch on a second stream.
+    fn branch_begin(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Closes the branch: later ops go to the main queue, without waiting for the branch.
+    fn branch_end(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes the ops queued after this call wait for the closed branch.
+    fn branch_join(&self) -> Result<()> {
+        Ok(())
+    }
     /// Fills `buf` with deterministic pseudo-random values, uniform in `[-|scale|, |scale|]` and
     /// non-zero before the rounding to `T` (so zeros are as rare as values under `T`'s smallest
     /// subnormal): `buf[i] = T::from_f32(scale * u)` with `u` from

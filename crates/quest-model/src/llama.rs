@@ -278,6 +278,7 @@ impl<B: Backend, W: Half> Llama<B, W> {
         let n = plan.num_tokens();
         let (hidden, hd) = (c.hidden_size, c.head_dim());
         let q_dim = c.num_attention_heads * hd;
+        let shape = self.attention_shape(cache);
         // s.h = attn_norm(x), left there by the previous sub-layer's residual add (forward).
         // q, k and v in one pass over the three weights (one launch when decoding).
         b.matmul_many(
@@ -294,9 +295,27 @@ impl<B: Backend, W: Half> Llama<B, W> {
             &self.inv_freq,
             hd,
         )?;
+        // A policy whose selection ignores the pages this step writes selects on a branch
+        // (estimate, top-k: a chain of short kernels) while the append and bounds update run.
+        let early = decode && policy.selects_before_append(layer);
+        let mut early_selection = None;
+        if early {
+            b.branch_begin()?;
+            let selected = policy.select(SelectInput {
+                layer,
+                q: &s.q,
+                cache,
+                plan,
+                shape: &shape,
+            });
+            b.branch_end()?;
+            early_selection = Some(selected?);
+        }
         cache.write_kv(layer, plan, &s.k, &s.v)?;
+        if early {
+            b.branch_join()?;
+        }
 
-        let shape = self.attention_shape(cache);
         let elem = std::mem::size_of::<W>();
         let token_bytes = 2 * hd * elem; // one head's K and V
         let dense_tokens: usize = (0..plan.batch())
@@ -314,14 +333,16 @@ impl<B: Backend, W: Half> Llama<B, W> {
                 &mut s.attn,
             )?;
         } else {
-            let input = SelectInput {
-                layer,
-                q: &s.q,
-                cache,
-                plan,
-                shape: &shape,
+            let selection = match early_selection {
+                Some(selection) => selection,
+                None => policy.select(SelectInput {
+                    layer,
+                    q: &s.q,
+                    cache,
+                    plan,
+                    shape: &shape,
+                })?,
             };
-            let selection = policy.select(input)?;
             let adaptive = matches!(selection, Selection::Adaptive(..));
             match selection {
                 Selection::Dense => {

@@ -80,6 +80,15 @@ pub trait KvPolicy<B: Backend, T: Half> {
     fn page_reads(&mut self) -> Result<Option<PageReads>> {
         Ok(None)
     }
+
+    /// Whether, in a decode step of `layer`, this policy may select before the step's K/V are
+    /// appended: true only if the selection never depends on the pages the step writes (each
+    /// sequence's last page) nor on their keys. The model then runs the selection on a branch
+    /// ([`Backend::branch_begin`]) concurrently with the K/V projection and append. Default:
+    /// false.
+    fn selects_before_append(&self, _layer: usize) -> bool {
+        false
+    }
 }
 
 /// Full attention over the whole cache.
@@ -223,6 +232,13 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
 
     fn page_reads(&mut self) -> Result<Option<PageReads>> {
         Quest::page_reads(self).map(Some)
+    }
+
+    /// Quest always keeps each sequence's last page and ranks only the others, whose bounds no
+    /// decode step changes; forced pages are chosen by position. So its selection (estimate,
+    /// top-k) can run before the step's append, on a branch beside the K/V projection.
+    fn selects_before_append(&self, layer: usize) -> bool {
+        layer >= self.config.skip_layers
     }
 
     fn select<'s>(&'s mut self, input: SelectInput<'_, B, T>) -> Result<Selection<'s, B>> {

@@ -457,3 +457,62 @@ fn adaptive_budget_at_p_one_is_dense_and_below_one_reads_fewer_pages() {
     };
     assert!(Quest::<CpuBackend>::new(bad).is_err());
 }
+
+/// Quest with its selection forced after the step's append (the order before
+/// `selects_before_append`): the same policy otherwise.
+struct SelectAfterAppend(Quest<CpuBackend>);
+
+impl KvPolicy<CpuBackend, f16> for SelectAfterAppend {
+    fn name(&self) -> String {
+        "quest, selecting after the append".into()
+    }
+    fn select<'s>(
+        &'s mut self,
+        input: quest_model::policy::SelectInput<'_, CpuBackend, f16>,
+    ) -> quest_model::Result<quest_model::Selection<'s, CpuBackend>> {
+        self.0.select(input)
+    }
+    fn bounds_format(&self) -> Option<BoundsFormat> {
+        KvPolicy::<CpuBackend, f16>::bounds_format(&self.0)
+    }
+    fn selects_before_append(&self, _layer: usize) -> bool {
+        false
+    }
+}
+
+/// Quest selects before the decode step's append (on a branch beside the K/V projection):
+/// its pages and therefore its logits are exactly those of selecting after it, over decode steps
+/// that fill a page and open the next (the new last page's bounds are stale when it selects),
+/// for both row kinds, forced pages, both bound formats and the adaptive budget.
+#[test]
+fn quest_selecting_before_the_append_changes_nothing() {
+    let cfg = tiny_config(6, 2);
+    let model = tiny_model(&cfg, 31);
+    let toks = tokens(90, 32, cfg.vocab_size);
+    for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
+        for bounds in [BoundsFormat::Full, BoundsFormat::Int8] {
+            for mass in [None, Some(0.5)] {
+                let config = QuestConfig {
+                    skip_layers: 1,
+                    rows,
+                    bounds,
+                    mass,
+                    ..QuestConfig::new(24)
+                };
+                let mut early = Quest::<CpuBackend>::new(config).unwrap();
+                assert!(KvPolicy::<CpuBackend, f16>::selects_before_append(
+                    &early, 1
+                ));
+                assert!(!KvPolicy::<CpuBackend, f16>::selects_before_append(
+                    &early, 0
+                ));
+                let mut late = SelectAfterAppend(Quest::<CpuBackend>::new(config).unwrap());
+                let a = run(&model, &mut early, &toks, 40, 8);
+                let b = run(&model, &mut late, &toks, 40, 8);
+                assert_eq!(a, b, "{rows:?} {bounds:?} mass {mass:?}");
+                let dense = run(&model, &mut Dense, &toks, 40, 8);
+                assert_ne!(a, dense, "a budget of 3 pages must select");
+            }
+        }
+    }
+}

@@ -67,7 +67,7 @@ impl<'a> Launch<'a> {
             blockDimY: cfg.block_dim.1,
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.be.stream().cu_stream(),
+            hStream: self.be.queue().cu_stream(),
             attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
             numAttrs: pdl as u32,
         };

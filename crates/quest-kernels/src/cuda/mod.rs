@@ -27,9 +27,12 @@ use checks::{check_table, check_table_sparse, elementwise_grid};
 use device::{Family, PtxArch, guarded, probe};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+};
 use cudarc::nvrtc::Ptx;
 
 use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams, SelectOptions};
@@ -71,6 +74,12 @@ struct Inner {
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Split-K partial results, reused across calls (one stream orders all uses).
     scratch: Mutex<Option<CudaSlice<u8>>>,
+    /// The branch (`Backend::branch_begin`): a non-blocking stream, whether ops go to it now,
+    /// and the events that order it against the main stream.
+    side: Arc<CudaStream>,
+    on_side: AtomicBool,
+    fork_event: CudaEvent,
+    join_event: CudaEvent,
 }
 
 /// The CUDA backend: one device, one stream; every op is queued on that stream.
@@ -110,6 +119,9 @@ impl CudaBackend {
             PtxArch::Sm80
         };
         let pdl = arch == PtxArch::Sm90 && std::env::var("QUEST_PDL").map_or(true, |v| v != "0");
+        let side = ctx.new_stream().map_err(|e| cuda_err("new", e))?;
+        let fork_event = ctx.new_event(None).map_err(|e| cuda_err("new", e))?;
+        let join_event = ctx.new_event(None).map_err(|e| cuda_err("new", e))?;
         Ok(CudaBackend {
             inner: Arc::new(Inner {
                 ctx,
@@ -124,6 +136,10 @@ impl CudaBackend {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 scratch: Mutex::new(None),
+                side,
+                on_side: AtomicBool::new(false),
+                fork_event,
+                join_event,
             }),
         })
     }
@@ -145,6 +161,32 @@ impl CudaBackend {
 
     pub(crate) fn num_sms(&self) -> u32 {
         self.inner.num_sms
+    }
+
+    /// The stream ops are queued on now: the main stream, or the branch's between
+    /// `branch_begin` and `branch_end`.
+    pub(crate) fn queue(&self) -> &Arc<CudaStream> {
+        if self.inner.on_side.load(Ordering::Relaxed) {
+            &self.inner.side
+        } else {
+            &self.inner.stream
+        }
+    }
+
+    /// Inside a branch, makes the branch wait for what the main stream has queued (an allocation
+    /// or upload, which always go to the main stream so their memory is freed in its order).
+    fn order_branch_after_main(&self, op: &'static str) -> Result<()> {
+        if self.inner.on_side.load(Ordering::Relaxed) {
+            self.inner
+                .fork_event
+                .record(&self.inner.stream)
+                .map_err(|e| cuda_err(op, e))?;
+            self.inner
+                .side
+                .wait(&self.inner.fork_event)
+                .map_err(|e| cuda_err(op, e))?;
+        }
+        Ok(())
     }
 
     /// Whether kernel launches use programmatic dependent launch (sm_90+, unless `QUEST_PDL=0`).
@@ -203,6 +245,7 @@ impl CudaBackend {
                 .alloc_zeros::<u8>(bytes.max(256))
                 .map_err(|e| cuda_err(op, e))?;
             *s = Some(m);
+            self.order_branch_after_main(op)?;
         }
         let m = s
             .as_ref()
@@ -259,6 +302,7 @@ impl Backend for CudaBackend {
                     .map_err(|e| cuda_err("zeros", e))?,
             )
         };
+        self.order_branch_after_main("zeros")?;
         let mirror = (is_int::<T>() && len <= MIRROR_MAX).then(|| vec![T::default(); len]);
         Ok(self.wrap(mem, len, mirror))
     }
@@ -274,6 +318,7 @@ impl Backend for CudaBackend {
                     .map_err(|e| cuda_err("upload", e))?,
             )
         };
+        self.order_branch_after_main("upload")?;
         let mirror = (is_int::<T>() && data.len() <= MIRROR_MAX).then(|| data.to_vec());
         Ok(self.wrap(mem, data.len(), mirror))
     }
@@ -282,10 +327,10 @@ impl Backend for CudaBackend {
         check_pod::<T>("download")?;
         let mut out = vec![T::default(); buf.len];
         if let Some(mem) = &buf.mem {
-            self.stream()
+            self.queue()
                 .memcpy_dtoh(mem, as_bytes_mut(&mut out))
                 .map_err(|e| cuda_err("download", e))?;
-            self.stream()
+            self.queue()
                 .synchronize()
                 .map_err(|e| cuda_err("download", e))?;
         }
@@ -314,7 +359,7 @@ impl Backend for CudaBackend {
             .as_mut()
             .ok_or_else(|| cuda_err("write", "buffer has no memory"))?;
         let mut view = mem.slice_mut(offset * sz..end * sz);
-        self.stream()
+        self.queue()
             .memcpy_htod(as_bytes(data), &mut view)
             .map_err(|e| cuda_err("write", e))?;
         if let Some(m) = &mut buf.mirror {
@@ -328,9 +373,45 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.inner
+            .side
+            .synchronize()
+            .map_err(|e| cuda_err("synchronize", e))?;
         self.stream()
             .synchronize()
             .map_err(|e| cuda_err("synchronize", e))
+    }
+
+    fn branch_begin(&self) -> Result<()> {
+        if self.inner.on_side.load(Ordering::Relaxed) {
+            return Err(arg_err("branch_begin", "a branch is already open"));
+        }
+        self.inner.on_side.store(true, Ordering::Relaxed);
+        self.order_branch_after_main("branch_begin")
+    }
+
+    fn branch_end(&self) -> Result<()> {
+        if !self.inner.on_side.load(Ordering::Relaxed) {
+            return Err(arg_err("branch_end", "no branch is open"));
+        }
+        self.inner
+            .join_event
+            .record(&self.inner.side)
+            .map_err(|e| cuda_err("branch_end", e))?;
+        self.inner.on_side.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn branch_join(&self) -> Result<()> {
+        if self.inner.on_side.load(Ordering::Relaxed) {
+            return Err(arg_err(
+                "branch_join",
+                "the branch is still open (branch_end first)",
+            ));
+        }
+        self.stream()
+            .wait(&self.inner.join_event)
+            .map_err(|e| cuda_err("branch_join", e))
     }
 
     fn fill_random<T: Half>(&self, buf: &mut CudaBuf<T>, seed: u64, scale: f32) -> Result<()> {
