@@ -104,9 +104,11 @@ pub struct GenerateArgs {
     /// Quest: tokens each head attends to per decode step.
     #[arg(long, default_value_t = 512)]
     pub budget: usize,
-    /// Tokens per KV page (8: the default Quest's pages, docs/accuracy.md; the paper used 16).
-    #[arg(long, default_value_t = quest_model::DEFAULT_PAGE_SIZE)]
-    pub page_size: usize,
+    /// Tokens per KV page. Default: 8 for quest (the default Quest's pages, docs/accuracy.md;
+    /// the paper used 16), 16 for dense (the GPU's tensor-core decode for grouped heads reads
+    /// 16-token pages).
+    #[arg(long)]
+    pub page_size: Option<usize>,
     /// Quest: pages at the start of the sequence always kept (attention sink; 0 for the paper's
     /// selection).
     #[arg(long, default_value_t = 1)]
@@ -149,8 +151,18 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
     }
 }
 
+impl GenerateArgs {
+    /// `--page-size`, else the policy's default.
+    fn page_size(&self) -> usize {
+        self.page_size.unwrap_or(match self.policy {
+            PolicyKind::Dense => 16,
+            PolicyKind::Quest => quest_model::DEFAULT_PAGE_SIZE,
+        })
+    }
+}
+
 pub fn run(args: GenerateArgs, quiet: bool) -> Result<()> {
-    if args.page_size == 0 || args.budget == 0 {
+    if args.page_size() == 0 || args.budget == 0 {
         bail!("--page-size and --budget must be positive");
     }
     crate::eval::check_mass(args.mass)?;
@@ -203,12 +215,13 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
             args.max_new_tokens
         );
     }
-    let pages = (prompt.len() + args.max_new_tokens).div_ceil(args.page_size) + 1;
+    let page_size = args.page_size();
+    let pages = (prompt.len() + args.max_new_tokens).div_ceil(page_size) + 1;
     let bounds = match args.policy {
         PolicyKind::Dense => BoundsFormat::Full,
         PolicyKind::Quest => args.bounds.format(),
     };
-    let config = model.cache_config(pages, args.page_size);
+    let config = model.cache_config(pages, page_size);
     let mut cache = KvCache::<B, W>::with_bounds(backend, config, bounds)?;
     let mut policy: Box<dyn KvPolicy<B, W>> = match args.policy {
         PolicyKind::Dense => Box::new(Dense),
@@ -287,7 +300,7 @@ fn run_on<B: Backend, W: Half>(backend: &B, args: &GenerateArgs, quiet: bool) ->
             eprintln!(
                 "adaptive budget: {:.1} pages read per row on average (of {} slots a row)",
                 p.pages_per_row(),
-                (args.budget / args.page_size).max(1)
+                (args.budget / args.page_size()).max(1)
             );
         }
     }

@@ -192,8 +192,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// before, and may run concurrently with the ops queued between `branch_end` and
     /// [`Backend::branch_join`]; ops queued after `branch_join` see both. The caller keeps the
     /// two sides apart (no buffer written on one side and used on the other before the join).
-    /// Branches do not nest. A backend with one queue (the CPU) runs everything in order; the
-    /// CUDA backend queues the branch on a second stream.
+    /// Branches do not nest, and a branch belongs to the backend, not to a thread: open one only
+    /// where a single thread drives the backend (every op of every clone goes to the branch
+    /// while it is open). Close and join it on error paths too. A backend with one queue (the
+    /// CPU) runs everything in order; the CUDA backend queues the branch on a second stream.
     fn branch_begin(&self) -> Result<()> {
         Ok(())
     }

@@ -375,3 +375,34 @@ fn empty_slots_read_nothing() {
         .is_err()
     );
 }
+
+/// An empty sequence row between two others: nothing to keep there, with or without a mass, and
+/// the other rows select as they would alone (the CPU reference once underflowed on it).
+#[test]
+fn empty_rows_select_nothing_with_a_mass() {
+    let shape = AttentionShape {
+        num_qo_heads: 1,
+        layout: layout(20, 1),
+        sm_scale: 1.0,
+    };
+    let mut table = PageTable::new();
+    table.push_row(&[1, 2, 3, 4], 5);
+    table.push_row(&[], 1);
+    table.push_row(&[7, 8, 9], 2);
+    let scores = [9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    for mass in [None, Some(0.5), Some(1.0)] {
+        let opts = SelectOptions::top_k(2, TableRows::PerQoHead).with_mass(mass);
+        let (t, kept) = select(&CpuBackend, &scores, &shape, &table, opts);
+        assert_eq!(t.indptr, vec![0, 2, 2, 4], "mass {mass:?}");
+        assert_eq!(
+            &t.indices[..2],
+            &[1, 4],
+            "mass {mass:?}: the dominant page and the last"
+        );
+        assert_eq!(t.indices[3], 9, "mass {mass:?}: the last page of row 2");
+        assert_eq!(
+            kept,
+            t.indices.iter().filter(|&&p| p != EMPTY_PAGE).count() as u64
+        );
+    }
+}

@@ -308,13 +308,19 @@ impl<B: Backend, W: Half> Llama<B, W> {
                 plan,
                 shape: &shape,
             });
-            b.branch_end()?;
+            let ended = b.branch_end();
+            if selected.is_err() || ended.is_err() {
+                // Nothing queued after this may free what the branch still uses.
+                let _ = b.branch_join();
+            }
+            ended?;
             early_selection = Some(selected?);
         }
-        cache.write_kv(layer, plan, &s.k, &s.v)?;
+        let written = cache.write_kv(layer, plan, &s.k, &s.v);
         if early {
-            b.branch_join()?;
+            b.branch_join()?; // before any error return: the plan and tables outlive the branch
         }
+        written?;
 
         let elem = std::mem::size_of::<W>();
         let token_bytes = 2 * hd * elem; // one head's K and V

@@ -162,7 +162,8 @@ pub fn select_top_pages(
             let row = b * heads + head;
             let dst = out.indptr[row] as usize;
             out.last_page_len[row] = table.last_page_len[b];
-            if n <= budget_pages && opts.trim().is_none() {
+            // Empty rows have no last page to keep: nothing to select, with or without a mass.
+            if n == 0 || (n <= budget_pages && opts.trim().is_none()) {
                 out.indices[dst..dst + n].copy_from_slice(&table.indices[start..end]);
                 kept_total += n as u64;
                 continue;

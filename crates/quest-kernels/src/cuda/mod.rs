@@ -97,8 +97,9 @@ impl CudaBackend {
             guarded("creating a CUDA context", || CudaContext::new(ordinal))?.map_err(|e| {
                 KernelError::NoDevice(format!("cannot open CUDA device {ordinal}: {e}"))
             })?;
-        // SAFETY: this backend uses a single stream, so cudarc's cross-stream event tracking is
-        // unnecessary; all ordering comes from that one stream.
+        // SAFETY: this backend orders its work itself: one main stream, plus the branch stream
+        // of `Backend::branch_begin`, ordered against it with explicit events (allocations and
+        // uploads always go to the main stream); cudarc's per-buffer event tracking is not needed.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let dev = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
@@ -383,23 +384,34 @@ impl Backend for CudaBackend {
     }
 
     fn branch_begin(&self) -> Result<()> {
+        const OP: &str = "branch_begin";
         if self.inner.on_side.load(Ordering::Relaxed) {
-            return Err(arg_err("branch_begin", "a branch is already open"));
+            return Err(arg_err(OP, "a branch is already open"));
         }
+        // The branch waits for everything queued so far; only then do ops go to it.
+        self.inner
+            .fork_event
+            .record(&self.inner.stream)
+            .map_err(|e| cuda_err(OP, e))?;
+        self.inner
+            .side
+            .wait(&self.inner.fork_event)
+            .map_err(|e| cuda_err(OP, e))?;
         self.inner.on_side.store(true, Ordering::Relaxed);
-        self.order_branch_after_main("branch_begin")
+        Ok(())
     }
 
     fn branch_end(&self) -> Result<()> {
         if !self.inner.on_side.load(Ordering::Relaxed) {
             return Err(arg_err("branch_end", "no branch is open"));
         }
+        // Back to the main stream even if the record fails (the join then waits for nothing
+        // newer, and the error says why).
+        self.inner.on_side.store(false, Ordering::Relaxed);
         self.inner
             .join_event
             .record(&self.inner.side)
-            .map_err(|e| cuda_err("branch_end", e))?;
-        self.inner.on_side.store(false, Ordering::Relaxed);
-        Ok(())
+            .map_err(|e| cuda_err("branch_end", e))
     }
 
     fn branch_join(&self) -> Result<()> {
