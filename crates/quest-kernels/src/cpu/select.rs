@@ -22,10 +22,8 @@ pub fn estimate_pages<T: Half>(
     table.validate(OP, layout)?;
     expect_len(OP, "bounds", bounds.len(), layout.bounds_len())?;
     let (hq, d) = (shape.num_qo_heads, layout.head_dim);
-    let batch = table.rows();
-    expect_len(OP, "q", q.len(), batch * hq * d)?;
-    let nnz = table.indices.len();
-    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    let (batch, nnz) = (table.rows(), table.indices.len());
+    check_estimate_io(OP, shape, batch, nnz, q.len(), scores.len())?;
     let group = shape.group_size();
     for b in 0..batch {
         for j in table.indptr[b] as usize..table.indptr[b + 1] as usize {
@@ -64,10 +62,8 @@ pub fn estimate_pages_int8(
     expect_len(OP, "bound codes", codes.len(), layout.bounds_len())?;
     expect_len(OP, "bound params", params.len(), layout.int8_params_len())?;
     let (hq, d) = (shape.num_qo_heads, layout.head_dim);
-    let batch = table.rows();
-    expect_len(OP, "q", q.len(), batch * hq * d)?;
-    let nnz = table.indices.len();
-    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    let (batch, nnz) = (table.rows(), table.indices.len());
+    check_estimate_io(OP, shape, batch, nnz, q.len(), scores.len())?;
     let group = shape.group_size();
     let (mut hi, mut lo) = (vec![0f32; d], vec![0f32; d]);
     for b in 0..batch {
@@ -93,6 +89,21 @@ pub fn estimate_pages_int8(
         }
     }
     Ok(())
+}
+
+/// The q and scores lengths of an estimate over `rows` sequences and `nnz` table entries (every
+/// backend's f16 and 8-bit estimate checks them the same way, after the table and the bounds).
+pub(crate) fn check_estimate_io(
+    op: &'static str,
+    shape: &AttentionShape,
+    rows: usize,
+    nnz: usize,
+    q_len: usize,
+    scores_len: usize,
+) -> Result<()> {
+    let (hq, d) = (shape.num_qo_heads, shape.layout.head_dim);
+    expect_len(op, "q", q_len, rows * hq * d)?;
+    expect_len(op, "scores", scores_len, hq * nnz)
 }
 
 pub(crate) fn check_heads(op: &'static str, shape: &AttentionShape) -> Result<()> {

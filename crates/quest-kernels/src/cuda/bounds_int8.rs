@@ -9,7 +9,7 @@ use super::select::i32_of;
 use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
 use crate::backend::{AttentionShape, DevicePageTable};
 use crate::cpu::paged::check_bounds_args;
-use crate::cpu::select::check_heads;
+use crate::cpu::select::{check_estimate_io, check_heads};
 use crate::dtype::Half;
 use crate::error::{Result, arg_err, expect_len};
 use crate::layout::PagedLayout;
@@ -121,10 +121,8 @@ pub(super) fn estimate_pages_int8(
     expect_len(OP, "bound codes", codes.len(), layout.bounds_len())?;
     expect_len(OP, "bound params", params.len(), layout.int8_params_len())?;
     let (hq, d) = (shape.num_qo_heads, layout.head_dim);
-    let batch = table.rows();
-    expect_len(OP, "q", q.len(), batch * hq * d)?;
-    let nnz = table.nnz();
-    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    let (batch, nnz) = (table.rows(), table.nnz());
+    check_estimate_io(OP, shape, batch, nnz, q.len(), scores.len())?;
     check_head_dim(OP, d)?;
     if nnz == 0 {
         return Ok(());

@@ -5,7 +5,7 @@ use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
 use crate::backend::{AttentionShape, DevicePageTable, SelectOptions};
-use crate::cpu::select::check_heads;
+use crate::cpu::select::{check_estimate_io, check_heads};
 use crate::dtype::Half;
 use crate::error::{Result, arg_err, expect_len, shape_err};
 use crate::layout::TableRows;
@@ -74,10 +74,8 @@ pub(super) fn estimate_pages<T: Half>(
     check_table(OP, table, layout)?;
     expect_len(OP, "bounds", bounds.len(), layout.bounds_len())?;
     let (hq, d) = (shape.num_qo_heads, layout.head_dim);
-    let batch = table.rows();
-    expect_len(OP, "q", q.len(), batch * hq * d)?;
-    let nnz = table.nnz();
-    expect_len(OP, "scores", scores.len(), hq * nnz)?;
+    let (batch, nnz) = (table.rows(), table.nnz());
+    check_estimate_io(OP, shape, batch, nnz, q.len(), scores.len())?;
     check_head_dim(OP, d)?;
     if nnz == 0 {
         return Ok(());
