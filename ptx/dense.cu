@@ -21,6 +21,12 @@
 //       (R, U, KS) = (2, 4, 8), (2, 4, 8), (4, 2, 4), (8, 1, 4), tuned on the H100
 //       (docs/kernels.md). Several matrices that share x (q/k/v, gate/up) go in one launch: the
 //       grid is the concatenation of their row blocks (GemvBatch).   grid (sum ceil(m_i / R)), block 32 KS
+//       What the decode step does around its projections is folded in (quest-kernels fused.rs):
+//       gemv<N>n normalises x on the fly (RMSNorm: sum x^2 over the k the block streams anyway,
+//       x * norm_w at load, 1/rms on the R sums); per matrix, the block's sums are stored, added
+//       to out (the residual), or paired: rows (c, c + hd/2) of a head rotated by RoPE, or a
+//       gate row with the same up row into silu(gate) * up. No normalised x, un-rotated q/k or
+//       gate/up activations are written, and no norm, rope, silu or add kernels run when decoding.
 //     - gemv_any (n <= 8, any k): one warp per weight row, scalar tail.   grid (ceil(m / 8)), block 256
 //     - gemm (n > 8, prefill): 64x64 output tiles, k in steps of 16 staged in shared memory as
 //       f32, each thread 4x4 outputs.                           grid (ceil(m/64), ceil(n/64)), block 256
@@ -104,39 +110,90 @@ __device__ void gemv_any(const float* x, const W* w, float* out, int n, int k, i
 
 // Up to 4 matrices sharing x, launched as one grid: matrix i owns blocks [first[i], first[i+1]).
 #define GEMV_MAX_MATS 4
+// What a matrix's block does with its R row sums s (modes of GemvBatch::mode):
+#define GEMV_STORE 0   // out[a, row] = s
+#define GEMV_ADD 1     // out[a, row] += s (the residual add that ends a sub-layer)
+#define GEMV_ROPE 2    // rows paired (c, c + hd/2) inside a head, rotated by positions[a] * inv_freq[c]
+#define GEMV_SWIGLU 3  // rows paired with the same rows of w2: out[a, row] = silu(s) * s2
 struct GemvBatch {
     unsigned long long w[GEMV_MAX_MATS];    // const W*, rows of k
+    unsigned long long w2[GEMV_MAX_MATS];   // const W*, the up projection of GEMV_SWIGLU
     unsigned long long out[GEMV_MAX_MATS];  // float*, [n, m_i]
-    int m[GEMV_MAX_MATS];
+    int m[GEMV_MAX_MATS];                   // rows of w (of each of w and w2 for GEMV_SWIGLU)
+    int mode[GEMV_MAX_MATS];
     int first[GEMV_MAX_MATS + 1];           // first block of each matrix; first[count] = grid
     int count, n, k;
+    int head_dim;                           // GEMV_ROPE: rows of one head
+    unsigned long long norm;                // NORM: const W* [k], the RMSNorm weight
+    unsigned long long positions;           // GEMV_ROPE: const int* [n]
+    unsigned long long inv_freq;            // GEMV_ROPE: const float* [head_dim / 2]
+    float eps;                              // NORM
 };
 
-template <typename W, int N, int R, int U, int KS>
+// The R weight rows of block `blk` of a matrix of mode `mode`, and where its sums go: plain
+// modes take R consecutive rows; paired modes take P = R/2 pairs (row, partner row).
+__device__ __forceinline__ void gemv_pair(int mode, int blk, int j, int P, int hd, int& row,
+                                          int& partner) {
+    const int p = blk * P + j;
+    if (mode == GEMV_ROPE) {
+        const int half = hd >> 1;
+        row = (p / half) * hd + p % half;
+        partner = row + half;
+    } else {  // GEMV_SWIGLU: the same row of the second matrix
+        row = p;
+        partner = p;
+    }
+}
+
+// NORM: x is RMS-normalised on the fly, out = (x / rms(x) * norm) . w: each block sums x^2 over
+// the k it streams anyway (every block covers all of k), multiplies x by the norm weight as it
+// loads it, and scales its R sums by 1/rms at the end, so no normalised copy of x is written.
+template <typename W, int N, int R, int U, int KS, bool NORM>
 __device__ void gemv(const float* x, const GemvBatch& p) {
+    constexpr int P = R / 2;
     __shared__ float red[KS][N * R];
+    __shared__ float red_ss[KS][N];
+    __shared__ float tot[N * R];
     const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
     // The block's matrix, with static indices only (a dynamic index into the parameter struct
     // would copy it to local memory).
-    unsigned long long wa = p.w[0], oa = p.out[0];
-    int m = p.m[0], first = p.first[0];
+    unsigned long long wa = p.w[0], w2a = p.w2[0], oa = p.out[0];
+    int m = p.m[0], first = p.first[0], mode = p.mode[0];
 #pragma unroll
     for (int i = 1; i < GEMV_MAX_MATS; ++i)
         if (i < p.count && (int)blockIdx.x >= p.first[i]) {
-            wa = p.w[i]; oa = p.out[i]; m = p.m[i]; first = p.first[i];
+            wa = p.w[i]; w2a = p.w2[i]; oa = p.out[i]; m = p.m[i]; first = p.first[i];
+            mode = p.mode[i];
         }
     const W* w = reinterpret_cast<const W*>(wa);
+    const W* w2 = reinterpret_cast<const W*>(w2a);
     float* out = reinterpret_cast<float*>(oa);
-    const int k = p.k, n = p.n;
-    const int row0 = ((int)blockIdx.x - first) * R;
+    const int k = p.k, n = p.n, blk = (int)blockIdx.x - first;
+    const bool paired = mode == GEMV_ROPE || mode == GEMV_SWIGLU;
+    // rows[r]: the weight row behind sum r (clamped in range; sums of clamped rows are dropped).
+    int rows[R];
     const W* wrow[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) wrow[r] = w + (size_t)min(row0 + r, m - 1) * k;
-    float acc[N][R];
+    for (int r = 0; r < R; ++r) {
+        if (paired) {
+            int row, partner;
+            gemv_pair(mode, blk, r % P, P, p.head_dim, row, partner);
+            rows[r] = r < P ? row : partner;
+            const W* base = (mode == GEMV_SWIGLU && r >= P) ? w2 : w;
+            wrow[r] = base + (size_t)min(rows[r], m - 1) * k;
+        } else {
+            rows[r] = blk * R + r;
+            wrow[r] = w + (size_t)min(rows[r], m - 1) * k;
+        }
+    }
+    const W* nw = reinterpret_cast<const W*>(p.norm);
+    float acc[N][R], ss[N];
 #pragma unroll
-    for (int a = 0; a < N; ++a)
+    for (int a = 0; a < N; ++a) {
+        ss[a] = 0.f;
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[a][r] = 0.f;
+    }
     const int chunks = k >> 3, stride = 32 * KS;
     for (int base = wp * 32 + lane; base < chunks; base += stride * U) {
         Raw8<W> wr[U][R];
@@ -157,6 +214,18 @@ __device__ void gemv(const float* x, const GemvBatch& p) {
 #pragma unroll
             for (int a = 0; a < N; ++a)
                 if (a < n) load8(x + (size_t)a * k + (size_t)ch * 8, xs[a]);
+            if (NORM) {
+                float g[8];
+                load8(nw + (size_t)ch * 8, g);
+#pragma unroll
+                for (int a = 0; a < N; ++a)
+                    if (a < n)
+#pragma unroll
+                        for (int i = 0; i < 8; ++i) {
+                            ss[a] = fmaf(xs[a][i], xs[a][i], ss[a]);
+                            xs[a][i] *= g[i];
+                        }
+            }
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 float wf[8];
@@ -170,19 +239,59 @@ __device__ void gemv(const float* x, const GemvBatch& p) {
         }
     }
 #pragma unroll
-    for (int a = 0; a < N; ++a)
+    for (int a = 0; a < N; ++a) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             float s = warp_sum(acc[a][r]);
             if (lane == 0) red[wp][a * R + r] = s;
         }
+        if (NORM) {
+            float s = warp_sum(ss[a]);
+            if (lane == 0) red_ss[wp][a] = s;
+        }
+    }
     __syncthreads();
     for (int e = threadIdx.x; e < N * R; e += 32 * KS) {
-        const int a = e / R, r = e % R;
+        const int a = e / R;
         float s = 0.f;
 #pragma unroll
         for (int q = 0; q < KS; ++q) s += red[q][e];
-        if (a < n && row0 + r < m) out[(size_t)a * m + row0 + r] = s;
+        if (NORM) {
+            float sq = 0.f;
+#pragma unroll
+            for (int q = 0; q < KS; ++q) sq += red_ss[q][a];
+            s *= 1.f / sqrtf(sq / (float)k + p.eps);
+        }
+        tot[e] = s;
+    }
+    __syncthreads();
+    if (!paired) {
+        for (int e = threadIdx.x; e < N * R; e += 32 * KS) {
+            const int a = e / R, r = e % R;
+            if (a >= n || rows[0] + r >= m) continue;
+            float* o = out + (size_t)a * m + rows[0] + r;
+            if (mode == GEMV_ADD) *o += tot[e];
+            else *o = tot[e];
+        }
+        return;
+    }
+    for (int e = threadIdx.x; e < N * P; e += 32 * KS) {
+        const int a = e / P, j = e % P;
+        int row, partner;
+        gemv_pair(mode, blk, j, P, p.head_dim, row, partner);
+        if (a >= n || row >= m) continue;
+        const float s0 = tot[a * R + j], s1 = tot[a * R + P + j];
+        float* o = out + (size_t)a * m;
+        if (mode == GEMV_SWIGLU) {
+            o[row] = s0 / (1.f + expf(-s0)) * s1;
+        } else {  // GEMV_ROPE, the math of the rope kernel below
+            const int c = row % p.head_dim;
+            const float angle = (float)reinterpret_cast<const int*>(p.positions)[a] *
+                                reinterpret_cast<const float*>(p.inv_freq)[c];
+            const float cs = cosf(angle), sn = sinf(angle);
+            o[row] = s0 * cs - s1 * sn;
+            o[partner] = s1 * cs + s0 * sn;
+        }
     }
 }
 
@@ -246,21 +355,37 @@ __device__ void gemm(const float* x, const W* w, float* out, int n, int k, int m
         grid_dependency_sync();                                                                   \
         gemv_any<W>(x, w, o, n, k, m);                                                            \
     }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(256) gemv1_##S(const float* x, GemvBatch p) {  \
+    extern "C" __global__ void __launch_bounds__(256) gemv1_##S(const float* x, GemvBatch p) { \
         grid_dependency_sync();                                                                   \
-        gemv<W, 1, 2, 4, 8>(x, p);                                                                \
+        gemv<W, 1, 2, 4, 8, false>(x, p);                                                   \
     }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(256) gemv2_##S(const float* x, GemvBatch p) {  \
+    extern "C" __global__ void __launch_bounds__(256) gemv1n_##S(const float* x, GemvBatch p) { \
         grid_dependency_sync();                                                                   \
-        gemv<W, 2, 2, 4, 8>(x, p);                                                                \
+        gemv<W, 1, 2, 4, 8, true>(x, p);                                                   \
     }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(128) gemv4_##S(const float* x, GemvBatch p) {  \
+    extern "C" __global__ void __launch_bounds__(256) gemv2_##S(const float* x, GemvBatch p) { \
         grid_dependency_sync();                                                                   \
-        gemv<W, 4, 4, 2, 4>(x, p);                                                                \
+        gemv<W, 2, 2, 4, 8, false>(x, p);                                                   \
     }                                                                                             \
-    extern "C" __global__ void __launch_bounds__(128) gemv8_##S(const float* x, GemvBatch p) {  \
+    extern "C" __global__ void __launch_bounds__(256) gemv2n_##S(const float* x, GemvBatch p) { \
         grid_dependency_sync();                                                                   \
-        gemv<W, 8, 8, 1, 4>(x, p);                                                                \
+        gemv<W, 2, 2, 4, 8, true>(x, p);                                                   \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) gemv4_##S(const float* x, GemvBatch p) { \
+        grid_dependency_sync();                                                                   \
+        gemv<W, 4, 4, 2, 4, false>(x, p);                                                   \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) gemv4n_##S(const float* x, GemvBatch p) { \
+        grid_dependency_sync();                                                                   \
+        gemv<W, 4, 4, 2, 4, true>(x, p);                                                   \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) gemv8_##S(const float* x, GemvBatch p) { \
+        grid_dependency_sync();                                                                   \
+        gemv<W, 8, 8, 1, 4, false>(x, p);                                                   \
+    }                                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) gemv8n_##S(const float* x, GemvBatch p) { \
+        grid_dependency_sync();                                                                   \
+        gemv<W, 8, 8, 1, 4, true>(x, p);                                                   \
     }                                                                                             \
     extern "C" __global__ void gemm_##S(const float* x, const W* w, float* o, int n, int k, int m) { \
         grid_dependency_sync();                                                                   \

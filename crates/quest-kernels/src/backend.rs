@@ -282,6 +282,69 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Ok(())
     }
 
+    /// A pre-norm projection: `outs[i] = rms_norm(x) · ws[i]^T` with the norm `weight` of `k`
+    /// elements (what [`Backend::rms_norm`] then [`Backend::matmul_many`] compute; a backend may
+    /// normalise x on the fly instead of writing it out). Llama's lm_head after its final norm.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_matmul_many<W: Half>(
+        &self,
+        x: &Self::Buf<f32>,
+        norm: &Self::Buf<W>,
+        eps: f32,
+        ws: &[&Self::Buf<W>],
+        n: usize,
+        k: usize,
+        outs: &mut [&mut Self::Buf<f32>],
+    ) -> Result<()> {
+        crate::fused::rms_norm_matmul_many(self, x, norm, eps, ws, n, k, outs)
+    }
+
+    /// Llama's attention input from the residual stream `x[n, k]`:
+    /// `q, k, v = rms_norm(x) · (wq, wk, wv)^T`, then RoPE on q and k ([`Backend::rope_qk`]).
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_projection<W: Half>(
+        &self,
+        x: &Self::Buf<f32>,
+        norm: &Self::Buf<W>,
+        eps: f32,
+        w: [&Self::Buf<W>; 3],
+        n: usize,
+        k: usize,
+        out: [&mut Self::Buf<f32>; 3],
+        rope: &crate::fused::RopeInput<'_, Self>,
+    ) -> Result<()> {
+        crate::fused::qkv_projection(self, x, norm, eps, w, n, k, out, rope)
+    }
+
+    /// Llama's MLP input: `out = silu(rms_norm(x) · w_gate^T) * (rms_norm(x) · w_up^T)`.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_swiglu<W: Half>(
+        &self,
+        x: &Self::Buf<f32>,
+        norm: &Self::Buf<W>,
+        eps: f32,
+        w_gate: &Self::Buf<W>,
+        w_up: &Self::Buf<W>,
+        n: usize,
+        k: usize,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()> {
+        crate::fused::rms_norm_swiglu(self, x, norm, eps, w_gate, w_up, n, k, out)
+    }
+
+    /// `out[n, m] += x[n, k] · w[m, k]^T`: an output projection and the residual add after it.
+    fn matmul_add<W: Half>(
+        &self,
+        x: &Self::Buf<f32>,
+        w: &Self::Buf<W>,
+        n: usize,
+        k: usize,
+        m: usize,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()> {
+        crate::fused::matmul_add(self, x, w, n, k, m, out)
+    }
+
     /// Rotary embedding in place on `x[n, heads, head_dim]` (Hugging Face's rotate-half pairing:
     /// channel `i` with `i + head_dim/2`), angle `positions[t] * inv_freq[i]` for row `t`.
     /// `inv_freq` has `head_dim / 2` entries, see [`crate::rope`].

@@ -573,3 +573,82 @@ fn sample_writes_every_row() {
         assert_eq!(all[i], one[0], "row {i}");
     }
 }
+
+// ---- fused decode projections ---------------------------------------------------------------------
+
+/// The fused projections (`qkv_projection`, `rms_norm_swiglu`, `rms_norm_matmul_many`,
+/// `matmul_add`) are, on the CPU, exactly the plain ops they stand for: RoPE on q and k but not v,
+/// SiLU on the gate and not the up projection, the residual added, not replaced. A norm weight
+/// that is not the projection's whole input row is refused, not applied piecewise.
+#[test]
+fn fused_projections_are_the_plain_ops() {
+    let c = &CpuBackend;
+    let mut r = rng(11);
+    let (n, k, hd, eps) = (3usize, 48usize, 8usize, 1e-5f32);
+    let x = uniform(&mut r, n * k, -2.0, 2.0);
+    let norm = uniform_half::<f16>(&mut r, k);
+    let (mq, mk, mv, mi) = (4 * hd, 2 * hd, 2 * hd, 40usize);
+    let [wq, wk, wv] = [mq, mk, mv].map(|m| uniform_half::<f16>(&mut r, m * k));
+    let positions: Vec<i32> = (0..n as i32).map(|i| 7 + 100 * i).collect();
+    let inv_freq = RopeConfig {
+        theta: 10000.0,
+        head_dim: hd,
+        scaling: None,
+    }
+    .inv_freq();
+    let mut h = vec![0f32; n * k];
+    c.rms_norm(&x, &norm, eps, &mut h).unwrap();
+    let plain = |w: &Vec<f16>, m: usize| {
+        let mut o = vec![0f32; n * m];
+        c.matmul(&h, w, n, k, m, &mut o).unwrap();
+        o
+    };
+    let (mut q, mut kk, v) = (plain(&wq, mq), plain(&wk, mk), plain(&wv, mv));
+    c.rope_qk(&mut q, &mut kk, &positions, &inv_freq, hd)
+        .unwrap();
+    let mut got = [poison(n * mq), poison(n * mk), poison(n * mv)];
+    let rope = quest_kernels::RopeInput {
+        positions: &positions,
+        inv_freq: &inv_freq,
+        head_dim: hd,
+    };
+    let [gq, gk, gv] = &mut got;
+    c.qkv_projection(&x, &norm, eps, [&wq, &wk, &wv], n, k, [gq, gk, gv], &rope)
+        .unwrap();
+    assert_eq!(got, [q, kk, v], "qkv_projection");
+
+    let (wg, wu) = (
+        uniform_half::<f16>(&mut r, mi * k),
+        uniform_half::<f16>(&mut r, mi * k),
+    );
+    let mut want = vec![0f32; n * mi];
+    c.silu_mul(&plain(&wg, mi), &plain(&wu, mi), &mut want)
+        .unwrap();
+    let mut got = poison(n * mi);
+    c.rms_norm_swiglu(&x, &norm, eps, &wg, &wu, n, k, &mut got)
+        .unwrap();
+    assert_eq!(got, want, "rms_norm_swiglu");
+
+    let mut got = poison(n * mi);
+    c.rms_norm_matmul_many(&x, &norm, eps, &[&wg], n, k, &mut [&mut got])
+        .unwrap();
+    assert_eq!(got, plain(&wg, mi), "rms_norm_matmul_many");
+
+    let act = uniform(&mut r, n * mi, -1.0, 1.0);
+    let wd = uniform_half::<f16>(&mut r, k * mi);
+    let mut resid = x.clone();
+    c.matmul_add(&act, &wd, n, mi, k, &mut resid).unwrap();
+    let mut y = vec![0f32; n * k];
+    c.matmul(&act, &wd, n, mi, k, &mut y).unwrap();
+    let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    assert_eq!(resid, want, "matmul_add");
+
+    let half_norm = uniform_half::<f16>(&mut r, k / 2);
+    let err = c
+        .rms_norm_matmul_many(&x, &half_norm, eps, &[&wg], n, k, &mut [&mut got])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("norm weight of 24 elements"),
+        "{err}"
+    );
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use quest_kernels::{AttentionShape, Backend, Half, TableRows};
+use quest_kernels::{AttentionShape, Backend, Half, RopeInput, TableRows};
 use quest_kvcache::{CacheConfig, CacheError, KvCache, SeqId, StepPlan};
 
 use crate::checkpoint::Checkpoint;
@@ -150,14 +150,10 @@ struct Scratch<B: Backend> {
     tokens: B::Buf<u32>,
     x_last: B::Buf<f32>,
     x: B::Buf<f32>,
-    h: B::Buf<f32>,
     q: B::Buf<f32>,
     k: B::Buf<f32>,
     v: B::Buf<f32>,
     attn: B::Buf<f32>,
-    proj: B::Buf<f32>,
-    gate: B::Buf<f32>,
-    up: B::Buf<f32>,
     act: B::Buf<f32>,
 }
 
@@ -219,14 +215,10 @@ impl<B: Backend, W: Half> Llama<B, W> {
             tokens: b.zeros(n)?,
             x_last: b.zeros(rows * hidden)?,
             x: b.zeros(n * hidden)?,
-            h: b.zeros(n * hidden)?,
             q: b.zeros(n * q_dim)?,
             k: b.zeros(n * kv_dim)?,
             v: b.zeros(n * kv_dim)?,
             attn: b.zeros(n * q_dim)?,
-            proj: b.zeros(n * hidden)?,
-            gate: b.zeros(n * c.intermediate_size)?,
-            up: b.zeros(n * c.intermediate_size)?,
             act: b.zeros(n * c.intermediate_size)?,
         })
     }
@@ -260,7 +252,7 @@ impl<B: Backend, W: Half> Llama<B, W> {
 
     // ---- attention ------------------------------------------------------------------------------
 
-    /// `s.proj = attention(rms_norm(s.x)) @ Wo` for one layer; appends this layer's K/V.
+    /// `s.x += attention(rms_norm(s.x)) @ Wo` for one layer; appends this layer's K/V.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -279,21 +271,22 @@ impl<B: Backend, W: Half> Llama<B, W> {
         let (hidden, hd) = (c.hidden_size, c.head_dim());
         let q_dim = c.num_attention_heads * hd;
         let shape = self.attention_shape(cache);
-        // s.h = attn_norm(x), left there by the previous sub-layer's residual add (forward).
-        // q, k and v in one pass over the three weights (one launch when decoding).
-        b.matmul_many(
-            &s.h,
-            &[&w.wq, &w.wk, &w.wv],
+        // q, k, v = rope(attn_norm(x) @ [Wq, Wk, Wv]): one pass over the three weights (one
+        // launch when decoding, with the norm and the rotation folded in).
+        let rope = RopeInput {
+            positions: plan.positions_device(),
+            inv_freq: &self.inv_freq,
+            head_dim: hd,
+        };
+        b.qkv_projection(
+            &s.x,
+            &w.attn_norm,
+            c.rms_norm_eps,
+            [&w.wq, &w.wk, &w.wv],
             n,
             hidden,
-            &mut [&mut s.q, &mut s.k, &mut s.v],
-        )?;
-        b.rope_qk(
-            &mut s.q,
-            &mut s.k,
-            plan.positions_device(),
-            &self.inv_freq,
-            hd,
+            [&mut s.q, &mut s.k, &mut s.v],
+            &rope,
         )?;
         // A policy whose selection ignores the pages this step writes selects on a branch
         // (estimate, top-k: a chain of short kernels) while the append and bounds update run.
@@ -382,27 +375,29 @@ impl<B: Backend, W: Half> Llama<B, W> {
                 }
             }
         }
-        b.matmul(&s.attn, &w.wo, n, q_dim, hidden, &mut s.proj)?;
+        b.matmul_add(&s.attn, &w.wo, n, q_dim, hidden, &mut s.x)?; // the residual add
         Ok(())
     }
 
     // ---- MLP ------------------------------------------------------------------------------------
 
-    /// `s.proj = (silu(h @ Wg) * (h @ Wu)) @ Wd` with `h = s.h = ffn_norm(s.x)`.
+    /// `s.x += (silu(h @ Wg) * (h @ Wu)) @ Wd` with `h = ffn_norm(s.x)`.
     fn mlp(&self, w: &LayerWeights<B, W>, s: &mut Scratch<B>, n: usize) -> Result<()> {
         let b = &self.backend;
         let c = &self.config;
         let (hidden, inter) = (c.hidden_size, c.intermediate_size);
-        // s.h = ffn_norm(x), left there by the attention's residual add (forward).
-        b.matmul_many(
-            &s.h,
-            &[&w.w_gate, &w.w_up],
+        let eps = c.rms_norm_eps;
+        b.rms_norm_swiglu(
+            &s.x,
+            &w.ffn_norm,
+            eps,
+            &w.w_gate,
+            &w.w_up,
             n,
             hidden,
-            &mut [&mut s.gate, &mut s.up],
+            &mut s.act,
         )?;
-        b.silu_mul(&s.gate, &s.up, &mut s.act)?;
-        b.matmul(&s.act, &w.w_down, n, inter, hidden, &mut s.proj)?;
+        b.matmul_add(&s.act, &w.w_down, n, inter, hidden, &mut s.x)?; // the residual add
         Ok(())
     }
 
@@ -496,40 +491,36 @@ impl<B: Backend, W: Half> Llama<B, W> {
 
         b.write(&mut s.tokens, 0, &tokens)?;
         b.embedding(&self.weights.embed, hidden, &s.tokens, &mut s.x)?;
-        let eps = c.rms_norm_eps;
-        let layers = &self.weights.layers;
-        if let Some(first) = layers.first() {
-            b.rms_norm(&s.x, &first.attn_norm, eps, &mut s.h)?;
-        } else {
-            b.rms_norm(&s.x, &self.weights.norm, eps, &mut s.h)?;
-        }
-        // Each residual add also normalises x for what comes next (one launch for both): the
-        // MLP's norm after attention, the next layer's attention norm (or the final norm) after
-        // the MLP. So s.h always holds the input of the next sub-layer.
-        for (layer, w) in layers.iter().enumerate() {
+        // The residual stream s.x: each sub-layer reads its norm of x and adds its output back.
+        for (layer, w) in self.weights.layers.iter().enumerate() {
             self.attention(layer, w, &mut s, cache, &plan, policy, decode, &mut stats)?;
-            b.add_rms_norm(&mut s.x, &s.proj, &w.ffn_norm, eps, &mut s.h)?;
             self.mlp(w, &mut s, n)?;
-            let next_norm = layers
-                .get(layer + 1)
-                .map_or(&self.weights.norm, |next| &next.attn_norm);
-            b.add_rms_norm(&mut s.x, &s.proj, next_norm, eps, &mut s.h)?;
         }
 
-        // s.h = norm(x). Only each sequence's last token needs logits. In a decode step that is
-        // every row; otherwise gather those rows first.
+        // logits = norm(x) @ lm_head. Only each sequence's last token needs logits. In a decode
+        // step that is every row; otherwise gather those rows first.
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         let mut logits = b.zeros(rows * c.vocab_size)?;
-        if n == rows {
-            b.matmul(&s.h, head, rows, hidden, c.vocab_size, &mut logits)?;
+        let last_rows = if n == rows {
+            &s.x
         } else {
             let last: Vec<u32> = plan.qo_indptr()[1..]
                 .iter()
                 .map(|&e| e as u32 - 1)
                 .collect();
-            b.embedding(&s.h, hidden, &b.upload(&last)?, &mut s.x_last)?;
-            b.matmul(&s.x_last, head, rows, hidden, c.vocab_size, &mut logits)?;
-        }
+            b.embedding(&s.x, hidden, &b.upload(&last)?, &mut s.x_last)?;
+            &s.x_last
+        };
+        let (norm, eps) = (&self.weights.norm, c.rms_norm_eps);
+        b.rms_norm_matmul_many(
+            last_rows,
+            norm,
+            eps,
+            &[head],
+            rows,
+            hidden,
+            &mut [&mut logits],
+        )?;
         if self.reuse_workspace.load(Ordering::Relaxed) {
             *self.workspace.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
         }

@@ -2,14 +2,15 @@
 //! prefill), RoPE, SiLU·mul, residual add. Shapes are validated here exactly as in
 //! [`crate::cpu::dense`], before anything is launched.
 
-use cudarc::driver::{DeviceRepr, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
+use super::gemv::{self, GEMV_MAX_MATS, GEMV_MAX_ROWS, GemvMat};
 use super::{CudaBackend, CudaBuf, Family, cuda_err, elementwise_grid, suffix};
 use crate::backend::{Backend, check_matmul_many};
 use crate::dtype::Half;
 use crate::error::{Result, arg_err, expect_len, index_err, shape_err};
 
-fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
+pub(super) fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: grid,
         block_dim: (block, 1, 1),
@@ -17,7 +18,7 @@ fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
     }
 }
 
-fn as_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
+pub(super) fn as_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v)
         .map_err(|_| arg_err(op, format!("{what} = {v} exceeds the kernels' i32 range")))
 }
@@ -137,75 +138,6 @@ pub(super) fn add_rms_norm<W: Half>(
 /// elements are spread over many threads (few loads each) rather than looped over by few.
 const NORM_THREADS: u32 = 1024;
 
-/// Rows of x up to which the GEMV kernels (weights streamed once) are used.
-const GEMV_MAX_ROWS: usize = 8;
-/// Matrices one GEMV launch can take (`GEMV_MAX_MATS` in ptx/dense.cu).
-const GEMV_MAX_MATS: usize = 4;
-
-/// `GemvBatch` of ptx/dense.cu: up to 4 matrices sharing x, their row blocks concatenated.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct GemvBatch {
-    w: [u64; GEMV_MAX_MATS],
-    out: [u64; GEMV_MAX_MATS],
-    m: [i32; GEMV_MAX_MATS],
-    first: [i32; GEMV_MAX_MATS + 1],
-    count: i32,
-    n: i32,
-    k: i32,
-}
-// SAFETY: #[repr(C)] of u64/i32 fields only, the same layout as `GemvBatch` in ptx/dense.cu.
-unsafe impl DeviceRepr for GemvBatch {}
-
-/// The GEMV variant for `n` rows of x: (kernel prefix, weight rows per block, threads).
-fn gemv_variant(n: usize) -> (&'static str, usize, u32) {
-    match n {
-        1 => ("gemv1", 2, 256),
-        2 => ("gemv2", 2, 256),
-        3 | 4 => ("gemv4", 4, 128),
-        _ => ("gemv8", 8, 128),
-    }
-}
-
-/// One launch of the streaming GEMV over `mats` = (weight ptr, m, out ptr), all sharing x[n, k].
-/// Requires 1 <= n <= 8, k % 8 == 0 (16-byte weight chunks), every m >= 1.
-fn gemv_batch<W: Half>(
-    be: &CudaBackend,
-    x: u64,
-    mats: &[(u64, usize, u64)],
-    n: usize,
-    k: usize,
-) -> Result<()> {
-    const OP: &str = "matmul";
-    let (prefix, rows, threads) = gemv_variant(n);
-    let mut p = GemvBatch {
-        count: mats.len() as i32,
-        n: as_i32(OP, "n", n)?,
-        k: as_i32(OP, "k", k)?,
-        ..Default::default()
-    };
-    let mut blocks = 0usize;
-    for (i, &(w, m, out)) in mats.iter().enumerate() {
-        p.w[i] = w;
-        p.out[i] = out;
-        p.m[i] = as_i32(OP, "m", m)?;
-        p.first[i] = as_i32(OP, "blocks", blocks)?;
-        blocks += m.div_ceil(rows);
-    }
-    for f in &mut p.first[mats.len()..] {
-        *f = as_i32(OP, "blocks", blocks)?;
-    }
-    let f = be.func(OP, Family::Dense, &format!("{prefix}_{}", suffix::<W>(OP)?))?;
-    let mut b = be.launch_builder(&f);
-    b.arg(&x).arg(&p);
-    let grid = u32::try_from(blocks).map_err(|_| arg_err(OP, "too many weight rows"))?;
-    // SAFETY: matches `gemv<N>_*(const float* x, GemvBatch)`; every matrix holds m_i rows of k
-    // and its output n rows of m_i (checked by the callers), x holds n rows of k, k % 8 == 0
-    // keeps every 16-byte chunk inside its row and aligned.
-    unsafe { b.launch(cfg((grid, 1, 1), threads)) }.map_err(|e| cuda_err(OP, e))?;
-    Ok(())
-}
-
 pub(super) fn matmul<W: Half>(
     be: &CudaBackend,
     x: &CudaBuf<f32>,
@@ -233,8 +165,8 @@ pub(super) fn matmul<W: Half>(
     );
     let s = suffix::<W>(OP)?;
     let (xp, wp, op) = (x.ptr(), w.ptr(), out.touched());
-    if n <= GEMV_MAX_ROWS && k % 8 == 0 {
-        gemv_batch::<W>(be, xp, &[(wp, m, op)], n, k)?;
+    if gemv::fits(n, k) {
+        gemv::launch::<W>(be, xp, &[GemvMat::store(wp, m, op)], n, k)?;
     } else if n <= GEMV_MAX_ROWS {
         let f = be.func(OP, Family::Dense, &format!("gemv_any_{s}"))?;
         let mut b = be.launch_builder(&f);
@@ -263,10 +195,7 @@ pub(super) fn matmul_many<W: Half>(
     outs: &mut [&mut CudaBuf<f32>],
 ) -> Result<()> {
     check_matmul_many(ws.iter().map(|w| w.len()), outs.len(), k)?;
-    let fused = (1..=GEMV_MAX_ROWS).contains(&n)
-        && k % 8 == 0
-        && ws.len() <= GEMV_MAX_MATS
-        && ws.iter().all(|w| !w.is_empty());
+    let fused = gemv::fits(n, k) && ws.len() <= GEMV_MAX_MATS && ws.iter().all(|w| !w.is_empty());
     if !fused {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul(be, x, w, n, k, w.len() / k, out)?;
@@ -279,9 +208,9 @@ pub(super) fn matmul_many<W: Half>(
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
         let m = w.len() / k;
         expect_len("matmul", "out", out.len(), n * m)?;
-        mats.push((w.ptr(), m, out.touched()));
+        mats.push(GemvMat::store(w.ptr(), m, out.touched()));
     }
-    gemv_batch::<W>(be, x.ptr(), &mats, n, k)
+    gemv::launch::<W>(be, x.ptr(), &mats, n, k)
 }
 
 /// Checks one RoPE operand: whole heads of `head_dim` in each of the `n` rows; returns the row.

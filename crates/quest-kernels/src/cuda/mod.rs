@@ -12,6 +12,7 @@ mod buf;
 mod checks;
 mod dense;
 mod device;
+mod gemv;
 mod launch;
 mod paged;
 mod random;
@@ -471,6 +472,59 @@ impl Backend for CudaBackend {
         outs: &mut [&mut CudaBuf<f32>],
     ) -> Result<()> {
         dense::matmul_many(self, x, ws, n, k, outs)
+    }
+
+    fn rms_norm_matmul_many<W: Half>(
+        &self,
+        x: &CudaBuf<f32>,
+        norm: &CudaBuf<W>,
+        eps: f32,
+        ws: &[&CudaBuf<W>],
+        n: usize,
+        k: usize,
+        outs: &mut [&mut CudaBuf<f32>],
+    ) -> Result<()> {
+        gemv::rms_norm_matmul_many(self, x, norm, eps, ws, n, k, outs)
+    }
+
+    fn qkv_projection<W: Half>(
+        &self,
+        x: &CudaBuf<f32>,
+        norm: &CudaBuf<W>,
+        eps: f32,
+        w: [&CudaBuf<W>; 3],
+        n: usize,
+        k: usize,
+        out: [&mut CudaBuf<f32>; 3],
+        rope: &crate::fused::RopeInput<'_, Self>,
+    ) -> Result<()> {
+        gemv::qkv_projection(self, x, norm, eps, w, n, k, out, rope)
+    }
+
+    fn rms_norm_swiglu<W: Half>(
+        &self,
+        x: &CudaBuf<f32>,
+        norm: &CudaBuf<W>,
+        eps: f32,
+        w_gate: &CudaBuf<W>,
+        w_up: &CudaBuf<W>,
+        n: usize,
+        k: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        gemv::rms_norm_swiglu(self, x, norm, eps, w_gate, w_up, n, k, out)
+    }
+
+    fn matmul_add<W: Half>(
+        &self,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<W>,
+        n: usize,
+        k: usize,
+        m: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        gemv::matmul_add(self, x, w, n, k, m, out)
     }
 
     fn rope(
