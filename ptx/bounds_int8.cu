@@ -26,9 +26,10 @@
 //   stay in registers across the entries, reloaded only when an entry starts a new sequence.
 //   Teams are numbered KV head fastest (a warp's loads of one entry are adjacent: the KV heads of
 //   a page are contiguous), then head slice, then entry chunk. G = 1, 2 or 4 at compile time
-//   (groups of 3 or more use G = 4 and ceil(group / 4) slices); PPT = 4 for G <= 2, 2 for G = 4.
+//   (groups of 3 or more use G = 4 and ceil(group / 4) slices); PPT = 2 for G = 1, 4 for G = 2 and 4.
 //   The sum over a lane's channels runs in channel order, then a shuffle tree over the team.
-//   grid (ceil(teams * team / 256)), block 256.
+//   Blocks of 256 threads loop over the teams grid-stride; grid = min(blocks needed, SMs x the
+//   resident blocks of the instance: 4 for G = 1, 2 for G = 2 and 4).
 // Pages and lengths are validated on the host; the kernels still skip anything out of range.
 #include "common.cuh"
 
@@ -276,13 +277,29 @@ __device__ void estimate_pages_int8(const float* __restrict__ q, const uint8_t* 
     }
 }
 
-#define ESTIMATE_INT8_INSTANCE(G, PPT)                                                              \
-    extern "C" __global__ void __launch_bounds__(256, 2)                                            \
+// Launch variants, from the H100 runs of scripts/kernel-experiments/estimate_int8_variants.cu
+// (docs/kernels.md); the host (cuda/bounds_int8.rs) mirrors them. G = 1: 4 resident blocks a SM
+// with 2 entries a team (32 KV heads, 32K: 13.9 -> 12.2 us against 2 blocks x 4 entries);
+// G = 4: 2 blocks, 4 entries (8 KV heads, 128K: 22.6 -> 19.2 us).
+#ifndef EST8_MIN_BLOCKS
+#define EST8_MIN_BLOCKS 4  // resident 256-thread blocks per SM (__launch_bounds__), G = 1
+#endif
+#ifndef EST8_PPT
+#define EST8_PPT 2  // entries per team, G = 1
+#endif
+#ifndef EST8_G4_MIN_BLOCKS
+#define EST8_G4_MIN_BLOCKS 2
+#endif
+#ifndef EST8_G4_PPT
+#define EST8_G4_PPT 4
+#endif
+#define ESTIMATE_INT8_INSTANCE(G, PPT, MIN_BLOCKS)                                                  \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS)                                   \
     estimate_pages_int8_g##G(const float* q, const uint8_t* c, const float* pr, const int* ip,      \
                              const int* ix, float* sc, Int8EstimateParams p) {                      \
         grid_dependency_sync();                                                                     \
         estimate_pages_int8<G, PPT>(q, c, pr, ip, ix, sc, p);                                       \
     }
-ESTIMATE_INT8_INSTANCE(1, 4)
-ESTIMATE_INT8_INSTANCE(2, 4)
-ESTIMATE_INT8_INSTANCE(4, 2)
+ESTIMATE_INT8_INSTANCE(1, EST8_PPT, EST8_MIN_BLOCKS)
+ESTIMATE_INT8_INSTANCE(2, 4, 2)  // unmeasured shape (no group of 2 in the benchmarks): as before
+ESTIMATE_INT8_INSTANCE(4, EST8_G4_PPT, EST8_G4_MIN_BLOCKS)

@@ -127,12 +127,13 @@ pub(super) fn estimate_pages_int8(
     if nnz == 0 {
         return Ok(());
     }
-    // Query heads a team scores (compile-time in the kernel) and entries per team.
+    // Query heads a team scores (compile-time in the kernel), entries per team and resident
+    // blocks per SM (the instance's __launch_bounds__): EST8_* in ptx/bounds_int8.cu.
     let group = shape.group_size();
-    let (heads, per_team) = match group {
-        1 => (1, 4),
-        2 => (2, 4),
-        _ => (4, 2),
+    let (heads, per_team, resident) = match group {
+        1 => (1, 2, 4),
+        2 => (2, 4, 2),
+        _ => (4, 4, 2),
     };
     let slices = group.div_ceil(heads);
     let p = Int8EstimateParams {
@@ -150,9 +151,8 @@ pub(super) fn estimate_pages_int8(
         &format!("estimate_pages_int8_g{heads}"),
     )?;
     let threads = nnz.div_ceil(per_team) * layout.num_kv_heads * slices * (d / 16);
-    // The kernel loops grid-stride: at most the resident blocks (2 per SM, its
-    // __launch_bounds__), so there is no partial last wave.
-    let blocks = u32::try_from(threads.div_ceil(256).min(2 * be.num_sms() as usize))
+    // The kernel loops grid-stride: at most the resident blocks, so there is no partial last wave.
+    let blocks = u32::try_from(threads.div_ceil(256).min(resident * be.num_sms() as usize))
         .map_err(|_| arg_err(OP, format!("{threads} threads exceed one launch")))?;
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
