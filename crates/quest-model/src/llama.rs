@@ -288,12 +288,22 @@ impl<B: Backend, W: Half> Llama<B, W> {
             [&mut s.q, &mut s.k, &mut s.v],
             &rope,
         )?;
-        // A policy whose selection ignores the pages this step writes selects on a branch
-        // (estimate, top-k: a chain of short kernels) while the append and bounds update run.
+        // A policy whose selection ignores the pages this step writes selects while the append
+        // and bounds update run beside it, on a branch: the selection (estimate, top-k: a chain
+        // of short kernels) is the step's critical path, so it stays on the main stream, chained
+        // to the projection before it and the attention after it without a cross-stream wait.
         let early = decode && policy.selects_before_append(layer);
         let mut early_selection = None;
         if early {
             b.branch_begin()?;
+            let written = cache.write_kv(layer, plan, &s.k, &s.v);
+            let ended = b.branch_end();
+            if written.is_err() || ended.is_err() {
+                // Nothing queued after this may free what the branch still uses.
+                let _ = b.branch_join();
+            }
+            ended?;
+            written?;
             let selected = policy.select(SelectInput {
                 layer,
                 q: &s.q,
@@ -301,19 +311,11 @@ impl<B: Backend, W: Half> Llama<B, W> {
                 plan,
                 shape: &shape,
             });
-            let ended = b.branch_end();
-            if selected.is_err() || ended.is_err() {
-                // Nothing queued after this may free what the branch still uses.
-                let _ = b.branch_join();
-            }
-            ended?;
-            early_selection = Some(selected?);
-        }
-        let written = cache.write_kv(layer, plan, &s.k, &s.v);
-        if early {
             b.branch_join()?; // before any error return: the plan and tables outlive the branch
+            early_selection = Some(selected?);
+        } else {
+            cache.write_kv(layer, plan, &s.k, &s.v)?;
         }
-        written?;
 
         let elem = std::mem::size_of::<W>();
         let token_bytes = 2 * hd * elem; // one head's K and V

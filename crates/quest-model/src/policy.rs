@@ -81,10 +81,10 @@ pub trait KvPolicy<B: Backend, T: Half> {
         Ok(None)
     }
 
-    /// Whether, in a decode step of `layer`, this policy may select before the step's K/V are
-    /// appended: true only if the selection never depends on the pages the step writes (each
-    /// sequence's last page) nor on their keys. The model then runs the selection on a branch
-    /// ([`Backend::branch_begin`]) concurrently with the K/V projection and append. Default:
+    /// Whether, in a decode step of `layer`, this policy may select before (or while) the step's
+    /// K/V are appended: true only if the selection never depends on the pages the step writes
+    /// (each sequence's last page) nor on their keys. The model then runs the append and bounds
+    /// update on a branch ([`Backend::branch_begin`]), concurrently with the selection. Default:
     /// false.
     fn selects_before_append(&self, _layer: usize) -> bool {
         false
@@ -236,7 +236,7 @@ impl<B: Backend, T: Half> KvPolicy<B, T> for Quest<B> {
 
     /// Quest always keeps each sequence's last page and ranks only the others, whose bounds no
     /// decode step changes; forced pages are chosen by position. So its selection (estimate,
-    /// top-k) can run before the step's append, on a branch beside the K/V projection.
+    /// top-k) can run while the step's append and bounds update run beside it.
     fn selects_before_append(&self, layer: usize) -> bool {
         layer >= self.config.skip_layers
     }

@@ -1,10 +1,11 @@
 //! The Llama forward pass on a tiny random model: the prefill and decode paths, batching,
 //! chunking and the Quest policy must agree with each other where the math says they must.
 
-use quest_kernels::{Backend, BoundsFormat, CpuBackend, TableRows, f16};
-use quest_kvcache::KvCache;
+use quest_kernels::{AttentionShape, Backend, BoundsFormat, CpuBackend, PageTable, TableRows, f16};
+use quest_kvcache::{CacheConfig, KvCache};
 use quest_model::{
-    Dense, H2o, KvPolicy, Llama, LlamaConfig, Quest, QuestConfig, StreamingLlm, Tova, Weights,
+    Dense, H2o, KvPolicy, Llama, LlamaConfig, Quest, QuestConfig, Selection, StreamingLlm, Tova,
+    Weights,
 };
 
 /// A small deterministic generator of weights in [-scale, scale).
@@ -458,60 +459,97 @@ fn adaptive_budget_at_p_one_is_dense_and_below_one_reads_fewer_pages() {
     assert!(Quest::<CpuBackend>::new(bad).is_err());
 }
 
-/// Quest with its selection forced after the step's append (the order before
-/// `selects_before_append`): the same policy otherwise.
-struct SelectAfterAppend(Quest<CpuBackend>);
-
-impl KvPolicy<CpuBackend, f16> for SelectAfterAppend {
-    fn name(&self) -> String {
-        "quest, selecting after the append".into()
-    }
-    fn select<'s>(
-        &'s mut self,
-        input: quest_model::policy::SelectInput<'_, CpuBackend, f16>,
-    ) -> quest_model::Result<quest_model::Selection<'s, CpuBackend>> {
-        self.0.select(input)
-    }
-    fn bounds_format(&self) -> Option<BoundsFormat> {
-        KvPolicy::<CpuBackend, f16>::bounds_format(&self.0)
-    }
-    fn selects_before_append(&self, _layer: usize) -> bool {
-        false
+/// The page table Quest selects for `layer` of a decode step, on the host.
+fn quest_table(
+    quest: &mut Quest<CpuBackend>,
+    layer: usize,
+    q: &Vec<f32>,
+    cache: &KvCache<CpuBackend, f16>,
+    plan: &quest_kvcache::StepPlan<CpuBackend>,
+    shape: &AttentionShape,
+) -> PageTable {
+    let input = quest_model::policy::SelectInput {
+        layer,
+        q,
+        cache,
+        plan,
+        shape,
+    };
+    match KvPolicy::<CpuBackend, f16>::select(quest, input).unwrap() {
+        Selection::Pages(t, _) | Selection::Adaptive(t, _) => t.to_host(&CpuBackend).unwrap(),
+        Selection::Dense => panic!("layer {layer} is past skip_layers: Quest must select"),
     }
 }
 
-/// Quest selects before the decode step's append (on a branch beside the K/V projection):
-/// its pages and therefore its logits are exactly those of selecting after it, over decode steps
-/// that fill a page and open the next (the new last page's bounds are stale when it selects),
-/// for both row kinds, forced pages, both bound formats and the adaptive budget.
+/// Quest selects while the decode step's append and bounds update run beside it (the model
+/// queues them on a branch): so its pages must be the same whether it selects before or after
+/// them. Checked directly on the selection, over decode steps that fill a page and open the next
+/// (the new last page's bounds are stale or garbage before the append), for both row kinds,
+/// forced pages, both bound formats and the adaptive budget.
 #[test]
 fn quest_selecting_before_the_append_changes_nothing() {
-    let cfg = tiny_config(6, 2);
-    let model = tiny_model(&cfg, 31);
-    let toks = tokens(90, 32, cfg.vocab_size);
+    let (heads, kv_heads, hd, layers) = (6usize, 2usize, 16usize, 2usize);
+    let config = CacheConfig {
+        num_layers: layers,
+        num_kv_heads: kv_heads,
+        head_dim: hd,
+        page_size: 4,
+        num_pages: 64,
+    };
+    let mut r = Rng(5);
+    let mut f32s = |n: usize| -> Vec<f32> { (0..n).map(|_| r.next() * 2.0).collect() };
     for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
         for bounds in [BoundsFormat::Full, BoundsFormat::Int8] {
             for mass in [None, Some(0.5)] {
-                let config = QuestConfig {
+                let qc = QuestConfig {
                     skip_layers: 1,
                     rows,
                     bounds,
                     mass,
-                    ..QuestConfig::new(24)
+                    ..QuestConfig::new(12)
                 };
-                let mut early = Quest::<CpuBackend>::new(config).unwrap();
+                let mut quest = Quest::<CpuBackend>::new(qc).unwrap();
                 assert!(KvPolicy::<CpuBackend, f16>::selects_before_append(
-                    &early, 1
+                    &quest, 1
                 ));
                 assert!(!KvPolicy::<CpuBackend, f16>::selects_before_append(
-                    &early, 0
+                    &quest, 0
                 ));
-                let mut late = SelectAfterAppend(Quest::<CpuBackend>::new(config).unwrap());
-                let a = run(&model, &mut early, &toks, 40, 8);
-                let b = run(&model, &mut late, &toks, 40, 8);
-                assert_eq!(a, b, "{rows:?} {bounds:?} mass {mass:?}");
-                let dense = run(&model, &mut Dense, &toks, 40, 8);
-                assert_ne!(a, dense, "a budget of 3 pages must select");
+                let mut cache = KvCache::<CpuBackend, f16>::new(&CpuBackend, config).unwrap();
+                cache.set_bounds_format(bounds).unwrap();
+                let seq = cache.add_sequence();
+                let shape = AttentionShape {
+                    num_qo_heads: heads,
+                    layout: *cache.layout(),
+                    sm_scale: 0.25,
+                };
+                let width = kv_heads * hd;
+                let prompt = 21;
+                cache.reserve(seq, prompt).unwrap();
+                let plan = cache.plan(&[(seq, prompt)]).unwrap();
+                for layer in 0..layers {
+                    let (k, v) = (f32s(prompt * width), f32s(prompt * width));
+                    cache.write_kv(layer, &plan, &k, &v).unwrap();
+                }
+                for step in 0..9 {
+                    cache.reserve(seq, 1).unwrap();
+                    let plan = cache.plan(&[(seq, 1)]).unwrap();
+                    let q = f32s(heads * hd);
+                    let before = quest_table(&mut quest, 1, &q, &cache, &plan, &shape);
+                    for layer in 0..layers {
+                        let (k, v) = (f32s(width), f32s(width));
+                        cache.write_kv(layer, &plan, &k, &v).unwrap();
+                    }
+                    let after = quest_table(&mut quest, 1, &q, &cache, &plan, &shape);
+                    assert_eq!(
+                        before, after,
+                        "{rows:?} {bounds:?} mass {mass:?} step {step}"
+                    );
+                    assert!(
+                        before.indices.len() < (prompt + step + 1).div_ceil(4) * heads,
+                        "a budget of 3 pages must select"
+                    );
+                }
             }
         }
     }

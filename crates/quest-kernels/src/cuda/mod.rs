@@ -81,6 +81,9 @@ struct Inner {
     on_side: AtomicBool,
     fork_event: CudaEvent,
     join_event: CudaEvent,
+    /// `QUEST_BRANCH=0`: the branch ops do nothing and everything stays on the main stream, in
+    /// the order it was queued (for A/B measurements).
+    branch: bool,
 }
 
 /// The CUDA backend: one device, one stream; every op is queued on that stream.
@@ -121,6 +124,7 @@ impl CudaBackend {
             PtxArch::Sm80
         };
         let pdl = arch == PtxArch::Sm90 && std::env::var("QUEST_PDL").map_or(true, |v| v != "0");
+        let branch = std::env::var("QUEST_BRANCH").map_or(true, |v| v != "0");
         let side = ctx.new_stream().map_err(|e| cuda_err("new", e))?;
         let fork_event = ctx.new_event(None).map_err(|e| cuda_err("new", e))?;
         let join_event = ctx.new_event(None).map_err(|e| cuda_err("new", e))?;
@@ -140,6 +144,7 @@ impl CudaBackend {
                 scratch: Mutex::new(None),
                 side,
                 on_side: AtomicBool::new(false),
+                branch,
                 fork_event,
                 join_event,
             }),
@@ -386,6 +391,9 @@ impl Backend for CudaBackend {
 
     fn branch_begin(&self) -> Result<()> {
         const OP: &str = "branch_begin";
+        if !self.inner.branch {
+            return Ok(());
+        }
         if self.inner.on_side.load(Ordering::Relaxed) {
             return Err(arg_err(OP, "a branch is already open"));
         }
@@ -403,6 +411,9 @@ impl Backend for CudaBackend {
     }
 
     fn branch_end(&self) -> Result<()> {
+        if !self.inner.branch {
+            return Ok(());
+        }
         if !self.inner.on_side.load(Ordering::Relaxed) {
             return Err(arg_err("branch_end", "no branch is open"));
         }
@@ -416,6 +427,9 @@ impl Backend for CudaBackend {
     }
 
     fn branch_join(&self) -> Result<()> {
+        if !self.inner.branch {
+            return Ok(());
+        }
         if self.inner.on_side.load(Ordering::Relaxed) {
             return Err(arg_err(
                 "branch_join",
