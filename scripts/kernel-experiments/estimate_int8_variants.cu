@@ -13,29 +13,12 @@
 #include <cstdlib>
 #include <vector>
 
+#include "harness.cuh"
 #include "../../ptx/bounds_int8.cu"
 
 #ifndef VARIANT
 #define VARIANT "default"
 #endif
-
-#define CK(x)                                                                              \
-    do {                                                                                   \
-        cudaError_t e = (x);                                                               \
-        if (e != cudaSuccess) {                                                            \
-            printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); \
-            exit(1);                                                                       \
-        }                                                                                  \
-    } while (0)
-
-__global__ void flush_read(const float4* p, size_t n, float* out) {
-    float s = 0.f;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float4 v = p[i];
-        s += v.x + v.w;
-    }
-    if (s == 12345.678f) out[0] = s;
-}
 
 static unsigned nxt(unsigned& s) { return s = s * 1664525u + 1013904223u; }
 static float frand(unsigned& s) { return ((nxt(s) >> 8) & 0xffff) / 65536.f * 2.f - 1.f; }

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "harness.cuh"
 #include "../../ptx/select.cu"
 
 #ifndef VARIANT
@@ -21,24 +22,6 @@
 #ifndef GRID_PER_SM
 #define GRID_PER_SM EST_MIN_BLOCKS
 #endif
-
-#define CK(x)                                                                              \
-    do {                                                                                   \
-        cudaError_t e = (x);                                                               \
-        if (e != cudaSuccess) {                                                            \
-            printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); \
-            exit(1);                                                                       \
-        }                                                                                  \
-    } while (0)
-
-__global__ void flush_read(const float4* p, size_t n, float* out) {
-    float s = 0.f;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float4 v = p[i];
-        s += v.x + v.w;
-    }
-    if (s == 12345.678f) out[0] = s;
-}
 
 static float frand(unsigned& s) {
     s = s * 1664525u + 1013904223u;

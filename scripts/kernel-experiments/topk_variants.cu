@@ -14,20 +14,12 @@
 #include <numeric>
 #include <vector>
 
+#include "harness.cuh"
 #include "../../ptx/select.cu"
 
 #ifndef VARIANT
 #define VARIANT "default"
 #endif
-
-#define CK(x)                                                                               \
-    do {                                                                                    \
-        cudaError_t e = (x);                                                                \
-        if (e != cudaSuccess) {                                                             \
-            printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__);  \
-            exit(1);                                                                        \
-        }                                                                                   \
-    } while (0)
 
 static uint32_t host_key(float s) {
     if (s != s) return 0u;
@@ -71,7 +63,7 @@ static int run(int hq, int hkv, int n, int budget, unsigned seed) {
     CK(cudaMemset(d_oix, 0xff, heads * per_row * 4));
     SelectParams p{hq, heads, group, nnz, budget};
     auto launch = [&]() {
-        select_top_pages<<<heads, TOPK_THREADS>>>(d_scores, d_ip, d_ix, d_il, d_oip, d_oix, d_oil, p);
+        select_top_pages<<<heads, TOPK_THREADS>>>(d_scores, d_ip, d_ix, d_il, d_oip, d_oix, d_oil, nullptr, p);
     };
     launch();
     CK(cudaDeviceSynchronize());

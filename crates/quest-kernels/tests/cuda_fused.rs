@@ -12,35 +12,12 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::*;
 use quest_kernels::{Backend, CpuBackend, CudaBackend, Half, KernelError, RopeInput, bf16, f16};
 use rand::Rng;
 
-fn cuda() -> Option<&'static CudaBackend> {
-    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    match B.get_or_init(|| CudaBackend::new(0).map_err(|e| e.to_string())) {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            eprintln!("skipped: no CUDA device ({reason})");
-            None
-        }
-    }
-}
-
 fn tol(k: usize) -> f64 {
     if k > 1024 { 3e-5 } else { 1e-5 }
-}
-
-fn check_close(what: &str, got: &[f32], want: &[f32], width: usize, tol: f64) {
-    assert_written(what, got);
-    let want64: Vec<f64> = want.iter().map(|&x| x as f64).collect();
-    let (e, row) = max_row_rel_err(got, &want64, width.max(1));
-    assert!(
-        e <= tol,
-        "{what}: row {row} relative error {e:.3e} > {tol:.0e}"
-    );
 }
 
 /// (rows of x, k): every GEMV variant, a k of many chunks, and two fallbacks.

@@ -30,16 +30,6 @@ const ATT_TOL: f64 = 1e-4;
 const HEAD_DIM: usize = 128;
 const PAGE: usize = 16;
 
-fn cuda() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
 /// One decode case: `lens[b]` tokens per sequence, `group` query heads per KV head.
 struct Case {
     group: usize,
@@ -210,8 +200,8 @@ fn grouped_decode_matches_cpu_f16_and_bf16() {
     let Some(g) = cuda() else { return };
     for (i, case) in cases().iter().enumerate() {
         let seed = 7000 + i as u64;
-        run_case::<f16>(&g, case, seed, false);
-        run_case::<bf16>(&g, case, seed ^ 0xbf, false);
+        run_case::<f16>(g, case, seed, false);
+        run_case::<bf16>(g, case, seed ^ 0xbf, false);
     }
     // Per-query-head rows always take the CUDA-core kernel; same data shape.
     let case = Case {
@@ -220,7 +210,7 @@ fn grouped_decode_matches_cpu_f16_and_bf16() {
         lens: vec![1, 37, 2000, 16],
         rows: TableRows::PerQoHead,
     };
-    run_case::<f16>(&g, &case, 7100, false);
+    run_case::<f16>(g, &case, 7100, false);
 }
 
 /// Long rows: many splits and the merge pass, up to 64K tokens plus a partial page.
@@ -240,9 +230,9 @@ fn grouped_decode_long_contexts() {
             lens,
             rows,
         };
-        run_case::<f16>(&g, &case, 8000 + i as u64, false);
+        run_case::<f16>(g, &case, 8000 + i as u64, false);
         if i % 2 == 1 {
-            run_case::<bf16>(&g, &case, 8100 + i as u64, false);
+            run_case::<bf16>(g, &case, 8100 + i as u64, false);
         }
     }
 }
@@ -267,7 +257,7 @@ fn out_of_range_page_ids_are_skipped() {
             lens: vec![3000, 37, 300],
             rows,
         };
-        run_case::<f16>(&g, &case, 9000 + i as u64, true);
-        run_case::<bf16>(&g, &case, 9100 + i as u64, true);
+        run_case::<f16>(g, &case, 9000 + i as u64, true);
+        run_case::<bf16>(g, &case, 9100 + i as u64, true);
     }
 }

@@ -14,8 +14,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::*;
 use proptest::prelude::*;
 use quest_kernels::{
@@ -27,24 +25,6 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
-
-fn cuda() -> Option<&'static CudaBackend> {
-    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let b = B.get_or_init(|| {
-        let b = CudaBackend::new(0).map_err(|e| e.to_string());
-        if let Ok(b) = &b {
-            eprintln!("running on {}", b.name());
-        }
-        b
-    });
-    match b {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            eprintln!("skipped: no CUDA device ({reason})");
-            None
-        }
-    }
-}
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()

@@ -14,8 +14,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::*;
 use proptest::prelude::*;
 use quest_kernels::{
@@ -29,34 +27,6 @@ const TOL: f64 = 1e-5;
 /// (split-K partials, block-level merges): about sqrt(n) * 2^-24 relative for n terms, so up to
 /// ~1e-5 at 20K tokens with the odd row above; a wrong token or a lost split costs far more.
 const ATT_TOL: f64 = 1e-4;
-
-fn cuda() -> Option<&'static CudaBackend> {
-    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let b = B.get_or_init(|| {
-        let b = CudaBackend::new(0).map_err(|e| e.to_string());
-        if let Ok(b) = &b {
-            eprintln!("running on {}", b.name());
-        }
-        b
-    });
-    match b {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            eprintln!("skipped: no CUDA device ({reason})");
-            None
-        }
-    }
-}
-
-fn check_close(what: &str, got: &[f32], want: &[f32], width: usize, tol: f64) {
-    assert_written(what, got);
-    let want64: Vec<f64> = want.iter().map(|&x| x as f64).collect();
-    let (e, row) = max_row_rel_err(got, &want64, width.max(1));
-    assert!(
-        e <= tol,
-        "{what}: row {row} relative error {e:.3e} > {tol:.0e}"
-    );
-}
 
 #[test]
 fn new_without_device_is_an_error_not_a_panic() {

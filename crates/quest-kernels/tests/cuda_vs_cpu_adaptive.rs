@@ -17,27 +17,13 @@
 mod adaptive_check;
 mod common;
 
-use std::sync::OnceLock;
-
 use adaptive_check::{RowCheck, check_row, kept_pages};
 use common::*;
 use quest_kernels::{
-    AttentionShape, Backend, CpuBackend, CudaBackend, DevicePageTable, EMPTY_PAGE, PageTable,
-    PagedLayout, SelectOptions, TableRows, f16,
+    AttentionShape, Backend, CpuBackend, DevicePageTable, EMPTY_PAGE, PageTable, PagedLayout,
+    SelectOptions, TableRows, f16,
 };
 use rand::Rng;
-
-fn cuda() -> Option<&'static CudaBackend> {
-    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let b = B.get_or_init(|| CudaBackend::new(0).map_err(|e| e.to_string()));
-    match b {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            eprintln!("skipped: no CUDA device ({reason})");
-            None
-        }
-    }
-}
 
 /// `select_top_pages` on a poisoned output (-7: neither a page nor an empty slot); the table and
 /// the kept counter.

@@ -7,6 +7,12 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "cuda")]
+#[allow(unused_imports)] // each test binary uses what it needs
+pub use cuda::{check_close, cuda};
+
 use proptest::prelude::*;
 use quest_kernels::{
     AttentionShape, Backend, DevicePageTable, Half, PageTable, PagedLayout, TableRows,
