@@ -27,11 +27,15 @@
 //       to out (the residual), or paired: rows (c, c + hd/2) of a head rotated by RoPE, or a
 //       gate row with the same up row into silu(gate) * up. No normalised x, un-rotated q/k or
 //       gate/up activations are written, and no norm, rope, silu or add kernels run when decoding.
+//     - gemvtc (n = 2 or 5..8, f16 weights, k % 32 == 0): the same blocks and folding on the
+//       tensor cores, mma.sync m16n8k16 with x^T as the 8-column B operand (see gemv_tc).
+//                                                              grid (sum of 16-row blocks), block 256
 //     - gemv_any (n <= 8, any k): one warp per weight row, scalar tail.   grid (ceil(m / 8)), block 256
 //     - gemm (n > 8, prefill): 64x64 output tiles, k in steps of 16 staged in shared memory as
 //       f32, each thread 4x4 outputs.                           grid (ceil(m/64), ceil(n/64)), block 256
 // Layout: no paged data here; see quest-kernels/src/layout.rs for the cache.
 #include "common.cuh"
+#include "mma.cuh"
 
 template <typename W>
 __device__ void embedding(const W* table, const uint32_t* tokens, float* out, int hidden) {
@@ -145,46 +149,105 @@ __device__ __forceinline__ void gemv_pair(int mode, int blk, int j, int P, int h
     }
 }
 
+// The block's matrix, found with static indices only (a dynamic index into the parameter struct
+// would copy it to local memory), and the block's index within it.
+struct GemvBlock {
+    unsigned long long w, w2, out;
+    int m, mode, blk;
+};
+__device__ __forceinline__ GemvBlock gemv_block(const GemvBatch& p) {
+    GemvBlock b{p.w[0], p.w2[0], p.out[0], p.m[0], p.mode[0], (int)blockIdx.x - p.first[0]};
+#pragma unroll
+    for (int i = 1; i < GEMV_MAX_MATS; ++i)
+        if (i < p.count && (int)blockIdx.x >= p.first[i])
+            b = GemvBlock{p.w[i], p.w2[i], p.out[i], p.m[i], p.mode[i], (int)blockIdx.x - p.first[i]};
+    return b;
+}
+
+// The weight row behind sum (slot) r of a block of R rows (unclamped; `second`: a row of w2).
+__device__ __forceinline__ int gemv_slot_row(int mode, int blk, int r, int R, int hd, bool& second) {
+    second = false;
+    if (mode != GEMV_ROPE && mode != GEMV_SWIGLU) return blk * R + r;
+    const int P = R / 2;
+    int row, partner;
+    gemv_pair(mode, blk, r % P, P, hd, row, partner);
+    second = mode == GEMV_SWIGLU && r >= P;
+    return r < P ? row : partner;
+}
+
+// The end of a GEMV block: the KS warps' partial sums red[q][a * R + r] (and, with NORM, the
+// partial sums of x^2 per row of x) are added up into tot, scaled by 1/rms, and written per the
+// matrix's mode: slot r is weight row row0 + r (plain modes) or, in paired modes, slots j and
+// P + j are the pair (row, partner) of gemv_pair(j). Every thread of the block calls it.
+template <int N, int R, int KS, bool NORM>
+__device__ __forceinline__ void gemv_finish(const GemvBatch& p, int mode, int blk, int m,
+                                            float* out, int row0, const float (*red)[N * R],
+                                            const float (*red_ss)[N], float* tot) {
+    constexpr int P = R / 2;
+    const int k = p.k, n = p.n;
+    for (int e = threadIdx.x; e < N * R; e += 32 * KS) {
+        const int a = e / R;
+        float s = 0.f;
+#pragma unroll
+        for (int q = 0; q < KS; ++q) s += red[q][e];
+        if (NORM) {
+            float sq = 0.f;
+#pragma unroll
+            for (int q = 0; q < KS; ++q) sq += red_ss[q][a];
+            s *= 1.f / sqrtf(sq / (float)k + p.eps);
+        }
+        tot[e] = s;
+    }
+    __syncthreads();
+    if (mode != GEMV_ROPE && mode != GEMV_SWIGLU) {
+        for (int e = threadIdx.x; e < N * R; e += 32 * KS) {
+            const int a = e / R, r = e % R;
+            if (a >= n || row0 + r >= m) continue;
+            float* o = out + (size_t)a * m + row0 + r;
+            if (mode == GEMV_ADD) *o += tot[e];
+            else *o = tot[e];
+        }
+        return;
+    }
+    for (int e = threadIdx.x; e < N * P; e += 32 * KS) {
+        const int a = e / P, j = e % P;
+        int row, partner;
+        gemv_pair(mode, blk, j, P, p.head_dim, row, partner);
+        if (a >= n || row >= m) continue;
+        const float s0 = tot[a * R + j], s1 = tot[a * R + P + j];
+        float* o = out + (size_t)a * m;
+        if (mode == GEMV_SWIGLU) {
+            o[row] = s0 / (1.f + expf(-s0)) * s1;
+        } else {  // GEMV_ROPE, the math of the rope kernel below
+            const int c = row % p.head_dim;
+            const float angle = (float)reinterpret_cast<const int*>(p.positions)[a] *
+                                reinterpret_cast<const float*>(p.inv_freq)[c];
+            const float cs = cosf(angle), sn = sinf(angle);
+            o[row] = s0 * cs - s1 * sn;
+            o[partner] = s1 * cs + s0 * sn;
+        }
+    }
+}
+
 // NORM: x is RMS-normalised on the fly, out = (x / rms(x) * norm) . w: each block sums x^2 over
 // the k it streams anyway (every block covers all of k), multiplies x by the norm weight as it
 // loads it, and scales its R sums by 1/rms at the end, so no normalised copy of x is written.
 template <typename W, int N, int R, int U, int KS, bool NORM>
 __device__ void gemv(const float* x, const GemvBatch& p) {
-    constexpr int P = R / 2;
     __shared__ float red[KS][N * R];
     __shared__ float red_ss[KS][N];
     __shared__ float tot[N * R];
     const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
-    // The block's matrix, with static indices only (a dynamic index into the parameter struct
-    // would copy it to local memory).
-    unsigned long long wa = p.w[0], w2a = p.w2[0], oa = p.out[0];
-    int m = p.m[0], first = p.first[0], mode = p.mode[0];
-#pragma unroll
-    for (int i = 1; i < GEMV_MAX_MATS; ++i)
-        if (i < p.count && (int)blockIdx.x >= p.first[i]) {
-            wa = p.w[i]; w2a = p.w2[i]; oa = p.out[i]; m = p.m[i]; first = p.first[i];
-            mode = p.mode[i];
-        }
-    const W* w = reinterpret_cast<const W*>(wa);
-    const W* w2 = reinterpret_cast<const W*>(w2a);
-    float* out = reinterpret_cast<float*>(oa);
-    const int k = p.k, n = p.n, blk = (int)blockIdx.x - first;
-    const bool paired = mode == GEMV_ROPE || mode == GEMV_SWIGLU;
-    // rows[r]: the weight row behind sum r (clamped in range; sums of clamped rows are dropped).
-    int rows[R];
+    const GemvBlock b = gemv_block(p);
+    const int k = p.k, n = p.n, m = b.m, mode = b.mode, blk = b.blk;
+    float* out = reinterpret_cast<float*>(b.out);
+    // The weight row behind each sum r (clamped in range; sums of clamped rows are dropped).
     const W* wrow[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        if (paired) {
-            int row, partner;
-            gemv_pair(mode, blk, r % P, P, p.head_dim, row, partner);
-            rows[r] = r < P ? row : partner;
-            const W* base = (mode == GEMV_SWIGLU && r >= P) ? w2 : w;
-            wrow[r] = base + (size_t)min(rows[r], m - 1) * k;
-        } else {
-            rows[r] = blk * R + r;
-            wrow[r] = w + (size_t)min(rows[r], m - 1) * k;
-        }
+        bool second;
+        const int row = gemv_slot_row(mode, blk, r, R, p.head_dim, second);
+        wrow[r] = reinterpret_cast<const W*>(second ? b.w2 : b.w) + (size_t)min(row, m - 1) * k;
     }
     const W* nw = reinterpret_cast<const W*>(p.norm);
     float acc[N][R], ss[N];
@@ -251,48 +314,104 @@ __device__ void gemv(const float* x, const GemvBatch& p) {
         }
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < N * R; e += 32 * KS) {
-        const int a = e / R;
-        float s = 0.f;
+    gemv_finish<N, R, KS, NORM>(p, mode, blk, m, out, blk * R, red, red_ss, tot);
+}
+
+// Tensor-core GEMV for 2..8 rows of x and f16 weights (gemvtc[n]): a block owns 16 weight
+// rows (slots 0..15, mapped by gemv_slot_row like the CUDA-core kernel's), its KS warps split k
+// in chunks of 32 and each warp runs mma.sync m16n8k16 with A = the 16 rows, B = x^T (8 columns:
+// the rows of x, zero past n). The k order inside a chunk is permuted so that lane (g, t) (g =
+// lane / 4, t = lane % 4) feeds A from one 16-byte load of row slot g and one of slot g + 8 (k
+// 8t..8t+7 of the chunk) and B from 8 consecutive x values of row g: the m16n8k16 fragment takes
+// k {2t, 2t+1, 2t+8, 2t+9}, which the first MMA of the chunk maps to 8t+0..3 and the second to
+// 8t+4..7. x goes in as f16 hi + f16 lo * 4096 (two MMAs, about 22 bits of x), and every MMA
+// starts from zero and is added to f32 accumulators, so sums are rounded like the CUDA-core
+// kernel's rather than inside the tensor core. The KS partials and the epilogue are gemv_finish.
+// Why: with 8 rows of x the CUDA-core kernel reads 2-3 bytes of x from L1 per weight byte and
+// runs at 36-47% of copy; this one at 54-89% (docs/kernels.md). (KS, U) = (8, 2) beat (8, 4) and
+// (4, 4) on the H100 (docs/results/2026-11-23b/gemv-tc-variants.log).   grid (16-row blocks), block 32 KS
+#define GEMV_TC_KS 8
+#define GEMV_TC_U 2
+template <bool NORM>
+__device__ void gemv_tc(const float* x, const GemvBatch& p) {
+    constexpr int R = 16, N = 8, KS = GEMV_TC_KS, U = GEMV_TC_U;
+    __shared__ float red[KS][N * R];
+    __shared__ float red_ss[KS][N];
+    __shared__ float tot[N * R];
+    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const GemvBlock b = gemv_block(p);
+    const int k = p.k, n = p.n, m = b.m, mode = b.mode, blk = b.blk;
+    float* out = reinterpret_cast<float*>(b.out);
+    bool second;
+    int row = gemv_slot_row(mode, blk, g, R, p.head_dim, second);
+    const f16_t* wa = reinterpret_cast<const f16_t*>(second ? b.w2 : b.w) + (size_t)min(row, m - 1) * k;
+    row = gemv_slot_row(mode, blk, g + 8, R, p.head_dim, second);
+    const f16_t* wb = reinterpret_cast<const f16_t*>(second ? b.w2 : b.w) + (size_t)min(row, m - 1) * k;
+    const bool has_x = g < n;
+    const float* xr = x + (size_t)min(g, n - 1) * k;
+    const f16_t* nw = reinterpret_cast<const f16_t*>(p.norm);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f}, ss = 0.f;
+    const int chunks = k >> 5;
+    for (int base = wp; base < chunks; base += KS * U) {
+        uint4 ra[U], rb[U];
 #pragma unroll
-        for (int q = 0; q < KS; ++q) s += red[q][e];
-        if (NORM) {
-            float sq = 0.f;
-#pragma unroll
-            for (int q = 0; q < KS; ++q) sq += red_ss[q][a];
-            s *= 1.f / sqrtf(sq / (float)k + p.eps);
+        for (int u = 0; u < U; ++u) {
+            const int ch = base + u * KS;
+            if (ch < chunks) {
+                ra[u] = ld_stream16(wa + (size_t)ch * 32 + t * 8);
+                rb[u] = ld_stream16(wb + (size_t)ch * 32 + t * 8);
+            } else {
+                ra[u] = make_uint4(0u, 0u, 0u, 0u);
+                rb[u] = make_uint4(0u, 0u, 0u, 0u);
+            }
         }
-        tot[e] = s;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int ch = base + u * KS;
+            if (ch >= chunks) break;  // uniform over the warp: mma.sync needs every lane
+            float xs[8];
+            if (has_x) {
+                load8(xr + (size_t)ch * 32 + t * 8, xs);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) xs[i] = 0.f;
+            }
+            if (NORM) {
+                float gw[8];
+                load8(nw + (size_t)ch * 32 + t * 8, gw);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) {
+                    ss = fmaf(xs[i], xs[i], ss);
+                    xs[i] *= gw[i];
+                }
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {  // the chunk's two MMAs: k 8t + 4h .. + 3
+                uint32_t b0h, b0l, b1h, b1l;
+                split2<f16_t>(xs[4 * h], xs[4 * h + 1], b0h, b0l);
+                split2<f16_t>(xs[4 * h + 2], xs[4 * h + 3], b1h, b1l);
+                const uint32_t a0 = h ? ra[u].z : ra[u].x, a1 = h ? rb[u].z : rb[u].x;
+                const uint32_t a2 = h ? ra[u].w : ra[u].y, a3 = h ? rb[u].w : rb[u].y;
+                float chi[4] = {0.f, 0.f, 0.f, 0.f}, clo[4] = {0.f, 0.f, 0.f, 0.f};
+                MmaType<f16_t>::mma(chi, a0, a1, a2, a3, b0h, b1h);
+                MmaType<f16_t>::mma(clo, a0, a1, a2, a3, b0l, b1l);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) acc[i] += chi[i] + clo[i] * (1.f / MmaType<f16_t>::LO);
+            }
+        }
+    }
+    // C fragment: acc[0, 1] = (slot g, x rows 2t, 2t + 1), acc[2, 3] = (slot g + 8, the same).
+    red[wp][(2 * t) * R + g] = acc[0];
+    red[wp][(2 * t + 1) * R + g] = acc[1];
+    red[wp][(2 * t) * R + g + 8] = acc[2];
+    red[wp][(2 * t + 1) * R + g + 8] = acc[3];
+    if (NORM) {  // lane (g, t) summed x row g over its k: add up the four t
+        ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+        ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+        if (t == 0) red_ss[wp][g] = ss;
     }
     __syncthreads();
-    if (!paired) {
-        for (int e = threadIdx.x; e < N * R; e += 32 * KS) {
-            const int a = e / R, r = e % R;
-            if (a >= n || rows[0] + r >= m) continue;
-            float* o = out + (size_t)a * m + rows[0] + r;
-            if (mode == GEMV_ADD) *o += tot[e];
-            else *o = tot[e];
-        }
-        return;
-    }
-    for (int e = threadIdx.x; e < N * P; e += 32 * KS) {
-        const int a = e / P, j = e % P;
-        int row, partner;
-        gemv_pair(mode, blk, j, P, p.head_dim, row, partner);
-        if (a >= n || row >= m) continue;
-        const float s0 = tot[a * R + j], s1 = tot[a * R + P + j];
-        float* o = out + (size_t)a * m;
-        if (mode == GEMV_SWIGLU) {
-            o[row] = s0 / (1.f + expf(-s0)) * s1;
-        } else {  // GEMV_ROPE, the math of the rope kernel below
-            const int c = row % p.head_dim;
-            const float angle = (float)reinterpret_cast<const int*>(p.positions)[a] *
-                                reinterpret_cast<const float*>(p.inv_freq)[c];
-            const float cs = cosf(angle), sn = sinf(angle);
-            o[row] = s0 * cs - s1 * sn;
-            o[partner] = s1 * cs + s0 * sn;
-        }
-    }
+    gemv_finish<N, R, KS, NORM>(p, mode, blk, m, out, blk * R, red, red_ss, tot);
 }
 
 template <typename W>
@@ -395,6 +514,14 @@ DENSE_INSTANCES(f16_t, f16)
 DENSE_INSTANCES(bf16_t, bf16)
 DENSE_INSTANCES(float, f32)
 
+extern "C" __global__ void __launch_bounds__(GEMV_TC_KS * 32) gemvtc_f16(const float* x, GemvBatch p) {
+    grid_dependency_sync();
+    gemv_tc<false>(x, p);
+}
+extern "C" __global__ void __launch_bounds__(GEMV_TC_KS * 32) gemvtcn_f16(const float* x, GemvBatch p) {
+    grid_dependency_sync();
+    gemv_tc<true>(x, p);
+}
 // x[n, row_x] and y[n, row_y] (queries and keys of the same tokens; row = heads * head_dim,
 // row_y = 0 for one tensor): one thread per (t, head, c < head_dim / 2) of x, then of y.
 extern "C" __global__ void rope(float* x, float* y, const int* positions, const float* inv_freq,

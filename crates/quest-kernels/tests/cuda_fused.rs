@@ -1,8 +1,9 @@
 //! The fused decode projections of the CUDA backend (`qkv_projection`, `rms_norm_swiglu`,
 //! `rms_norm_matmul_many`, `matmul_add`: the GEMV with the norm, RoPE, SiLU·mul or residual add
 //! folded in) against the CPU, whose ops are the plain compositions those fusions stand for.
-//! Random inputs, outputs poisoned first; every GEMV variant (1, 2, 4 and 8 rows of x) and shapes
-//! that fall back to the composition (9 rows, k not a multiple of 8). Without a driver or GPU
+//! Random inputs, outputs poisoned first; every GEMV variant (1, 2, 4 and 8 rows of x on the CUDA
+//! cores; 2, 5 and 8 rows of f16 weights with k % 32 == 0 on the tensor cores) and shapes that
+//! fall back to the composition (9 rows, k not a multiple of 8). Without a driver or GPU
 //! each test prints `skipped: no CUDA device (<reason>)` to stderr and passes.
 //!
 //! Error bound: both sides read the same stored weights and compute in f32, in a different order
