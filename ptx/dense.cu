@@ -29,7 +29,7 @@
 //       gate/up activations are written, and no norm, rope, silu or add kernels run when decoding.
 //     - gemvtc (n = 2 or 5..8, f16 weights, k % 32 == 0): the same blocks and folding on the
 //       tensor cores, mma.sync m16n8k16 with x^T as the 8-column B operand (see gemv_tc).
-//                                                              grid (sum of 16-row blocks), block 256
+//                                                          grid (sum of 16-row blocks), block 256
 //     - gemv_any (n <= 8, any k): one warp per weight row, scalar tail.   grid (ceil(m / 8)), block 256
 //     - gemm (n > 8, prefill): 64x64 output tiles, k in steps of 16 staged in shared memory as
 //       f32, each thread 4x4 outputs.                           grid (ceil(m/64), ceil(n/64)), block 256
@@ -117,7 +117,7 @@ __device__ void gemv_any(const float* x, const W* w, float* out, int n, int k, i
 // What a matrix's block does with its R row sums s (modes of GemvBatch::mode):
 #define GEMV_STORE 0   // out[a, row] = s
 #define GEMV_ADD 1     // out[a, row] += s (the residual add that ends a sub-layer)
-#define GEMV_ROPE 2    // rows paired (c, c + hd/2) inside a head, rotated by positions[a] * inv_freq[c]
+#define GEMV_ROPE 2    // rows (c, c + hd/2) of a head paired, rotated by positions[a] * inv_freq[c]
 #define GEMV_SWIGLU 3  // rows paired with the same rows of w2: out[a, row] = silu(s) * s2
 struct GemvBatch {
     unsigned long long w[GEMV_MAX_MATS];    // const W*, rows of k
@@ -160,12 +160,14 @@ __device__ __forceinline__ GemvBlock gemv_block(const GemvBatch& p) {
 #pragma unroll
     for (int i = 1; i < GEMV_MAX_MATS; ++i)
         if (i < p.count && (int)blockIdx.x >= p.first[i])
-            b = GemvBlock{p.w[i], p.w2[i], p.out[i], p.m[i], p.mode[i], (int)blockIdx.x - p.first[i]};
+            b = GemvBlock{p.w[i], p.w2[i], p.out[i], p.m[i], p.mode[i],
+                          (int)blockIdx.x - p.first[i]};
     return b;
 }
 
 // The weight row behind sum (slot) r of a block of R rows (unclamped; `second`: a row of w2).
-__device__ __forceinline__ int gemv_slot_row(int mode, int blk, int r, int R, int hd, bool& second) {
+__device__ __forceinline__ int gemv_slot_row(int mode, int blk, int r, int R, int hd,
+                                             bool& second) {
     second = false;
     if (mode != GEMV_ROPE && mode != GEMV_SWIGLU) return blk * R + r;
     const int P = R / 2;
@@ -324,14 +326,21 @@ __device__ void gemv(const float* x, const GemvBatch& p) {
 // lane / 4, t = lane % 4) feeds A from one 16-byte load of row slot g and one of slot g + 8 (k
 // 8t..8t+7 of the chunk) and B from 8 consecutive x values of row g: the m16n8k16 fragment takes
 // k {2t, 2t+1, 2t+8, 2t+9}, which the first MMA of the chunk maps to 8t+0..3 and the second to
-// 8t+4..7. x goes in as f16 hi + f16 lo * 4096 (two MMAs, about 22 bits of x), and every MMA
-// starts from zero and is added to f32 accumulators, so sums are rounded like the CUDA-core
-// kernel's rather than inside the tensor core. The KS partials and the epilogue are gemv_finish.
+// 8t+4..7. x goes in (scaled by 2^-8) as f16 hi + f16 lo * 4096 (two MMAs, about 22 bits of x),
+// and every MMA starts from zero and is added to f32 accumulators, so sums are rounded like the
+// CUDA-core kernel's rather than inside the tensor core. The KS partials and the epilogue are
+// gemv_finish.
 // Why: with 8 rows of x the CUDA-core kernel reads 2-3 bytes of x from L1 per weight byte and
 // runs at 36-47% of copy; this one at 54-89% (docs/kernels.md). (KS, U) = (8, 2) beat (8, 4) and
-// (4, 4) on the H100 (docs/results/2026-11-23b/gemv-tc-variants.log).   grid (16-row blocks), block 32 KS
+// (4, 4) on the H100 (docs/results/2026-11-23b/gemv-tc-variants.log).
+//                                                  grid (16-row blocks), block 32 KS
 #define GEMV_TC_KS 8
 #define GEMV_TC_U 2
+// x is scaled by 2^-8 before its f16 split (and the sums back): the lo part is up to 2|x| (the
+// rounding error times 4096), so unscaled it would overflow f16 for |x| > 32K, a value a
+// residual stream times its norm weight can reach. Scaled, |x| up to 8M fits; small values lose
+// nothing that matters (hi turns subnormal below |x| = 2^-6; lo, still normal, carries the rest).
+#define GEMV_TC_X_SCALE 0.00390625f
 template <bool NORM>
 __device__ void gemv_tc(const float* x, const GemvBatch& p) {
     constexpr int R = 16, N = 8, KS = GEMV_TC_KS, U = GEMV_TC_U;
@@ -386,6 +395,8 @@ __device__ void gemv_tc(const float* x, const GemvBatch& p) {
                 }
             }
 #pragma unroll
+            for (int i = 0; i < 8; ++i) xs[i] *= GEMV_TC_X_SCALE;  // exact: a power of two
+#pragma unroll
             for (int h = 0; h < 2; ++h) {  // the chunk's two MMAs: k 8t + 4h .. + 3
                 uint32_t b0h, b0l, b1h, b1l;
                 split2<f16_t>(xs[4 * h], xs[4 * h + 1], b0h, b0l);
@@ -401,10 +412,11 @@ __device__ void gemv_tc(const float* x, const GemvBatch& p) {
         }
     }
     // C fragment: acc[0, 1] = (slot g, x rows 2t, 2t + 1), acc[2, 3] = (slot g + 8, the same).
-    red[wp][(2 * t) * R + g] = acc[0];
-    red[wp][(2 * t + 1) * R + g] = acc[1];
-    red[wp][(2 * t) * R + g + 8] = acc[2];
-    red[wp][(2 * t + 1) * R + g + 8] = acc[3];
+    constexpr float unscale = 1.f / GEMV_TC_X_SCALE;
+    red[wp][(2 * t) * R + g] = acc[0] * unscale;
+    red[wp][(2 * t + 1) * R + g] = acc[1] * unscale;
+    red[wp][(2 * t) * R + g + 8] = acc[2] * unscale;
+    red[wp][(2 * t + 1) * R + g + 8] = acc[3] * unscale;
     if (NORM) {  // lane (g, t) summed x row g over its k: add up the four t
         ss += __shfl_xor_sync(0xffffffffu, ss, 1);
         ss += __shfl_xor_sync(0xffffffffu, ss, 2);

@@ -21,7 +21,8 @@ fn tol(k: usize) -> f64 {
     if k > 1024 { 3e-5 } else { 1e-5 }
 }
 
-/// (rows of x, k): every GEMV variant, a k of many chunks, and two fallbacks.
+/// (rows of x, k): every GEMV variant (f16 weights: 2, 5 and 8 rows with k % 32 == 0 on the
+/// tensor cores, 2 and 8 rows with k = 72 on the CUDA cores), a k of many chunks, two fallbacks.
 const SHAPES: &[(usize, usize)] = &[
     (1, 576),
     (2, 64),
@@ -29,6 +30,8 @@ const SHAPES: &[(usize, usize)] = &[
     (4, 1024),
     (5, 128),
     (8, 4096),
+    (8, 72),
+    (2, 72),
     (9, 64),
     (2, 60),
 ];
@@ -38,12 +41,16 @@ fn projections<T: Half>(g: &CudaBackend, seed: u64) {
     let mut r = rng(seed);
     for &(n, k) in SHAPES {
         let eps = 1e-5;
-        let x = uniform(&mut r, n * k, -2.0, 2.0);
+        // Now and then values far beyond f16's range once split (|x| ~ 1e5), which the
+        // tensor-core path must carry (it scales x before splitting it into f16 hi + lo).
+        let big = if r.random_range(0..3) == 0 { 5e4 } else { 2.0 };
+        let x = uniform(&mut r, n * k, -big, big);
         let norm = uniform_half::<T>(&mut r, k);
         let (xg, ng) = (up(g, &x), up(g, &norm));
 
         // q/k/v with RoPE: head_dim 16..128, q and k of different head counts.
-        let hd = [16usize, 64, 128][r.random_range(0..3)];
+        // head_dim 8: a tensor-core block's 8 row pairs span two heads.
+        let hd = [8usize, 16, 64, 128][r.random_range(0..4)];
         let (mq, mk, mv) = (
             hd * r.random_range(1..5),
             hd * r.random_range(1..3),
@@ -220,6 +227,55 @@ fn fused_projections_refuse_bad_shapes_like_the_cpu() {
     );
     assert!(matches!(cpu, Err(KernelError::Shape { .. })), "{cpu:?}");
     assert_eq!(format!("{cpu:?}"), format!("{gpu:?}"));
+    // Fast-path shapes (f16, k % 32 == 0, whole heads) with one thing wrong: the GPU checks
+    // before its fused launch, the CPU before its composition; same error.
+    let mut short_out = up(g, &poison(n * m - 1));
+    let cpu = c.rms_norm_swiglu(&x, &norm, 1e-5, &w, &w, n, k, &mut poison(n * m - 1));
+    let gpu = g.rms_norm_swiglu(
+        &up(g, &x),
+        &up(g, &norm),
+        1e-5,
+        &up(g, &w),
+        &up(g, &w),
+        n,
+        k,
+        &mut short_out,
+    );
+    assert!(cpu.is_err(), "a short output must be refused");
+    assert_eq!(format!("{cpu:?}"), format!("{gpu:?}"));
+    let hd = 8; // w: 24 rows = 3 heads of 8
+    let inv_freq: Vec<f32> = (0..hd / 2).map(|i| 1.0 / (i as f32 + 1.0)).collect();
+    let wv = uniform_half::<f16>(&mut r, 16 * k);
+    for (what, positions, head_dim) in [
+        ("one position for two rows of x", vec![3i32], hd),
+        ("a negative position", vec![3i32, -1], hd),
+        ("an odd head_dim", vec![3i32, 4], 7),
+    ] {
+        let mut cpu_out = [poison(n * m), poison(n * m), poison(n * 16)];
+        let [q, kk, v] = &mut cpu_out;
+        let rope = RopeInput {
+            positions: &positions,
+            inv_freq: &inv_freq,
+            head_dim,
+        };
+        let cpu = c.qkv_projection(&x, &norm, 1e-5, [&w, &w, &wv], n, k, [q, kk, v], &rope);
+        let (pg, fg) = (up(g, &positions), up(g, &inv_freq));
+        let rope = RopeInput {
+            positions: &pg,
+            inv_freq: &fg,
+            head_dim,
+        };
+        let mut gpu_out = [
+            up(g, &poison(n * m)),
+            up(g, &poison(n * m)),
+            up(g, &poison(n * 16)),
+        ];
+        let [q, kk, v] = &mut gpu_out;
+        let (xg, ng, wg, wvg) = (up(g, &x), up(g, &norm), up(g, &w), up(g, &wv));
+        let gpu = g.qkv_projection(&xg, &ng, 1e-5, [&wg, &wg, &wvg], n, k, [q, kk, v], &rope);
+        assert!(cpu.is_err(), "qkv_projection with {what} must be refused");
+        assert_eq!(format!("{cpu:?}"), format!("{gpu:?}"), "{what}");
+    }
     let mut small = up(g, &poison(n * m - 1));
     let gpu = g.matmul_add(&up(g, &x), &up(g, &w), n, k, m, &mut small);
     let cpu = c.matmul_add(&x, &w, n, k, m, &mut poison(n * m - 1));

@@ -7,10 +7,9 @@ use cudarc::driver::DeviceRepr;
 
 use super::dense::{as_i32, cfg};
 use super::{CudaBackend, CudaBuf, Family, cuda_err, suffix};
-use crate::backend::check_matmul_many;
 use crate::dtype::{DType, Half};
 use crate::error::{Result, arg_err, expect_len, index_err};
-use crate::fused::{self, RopeInput, check_norm};
+use crate::fused::{self, RopeInput, check_projection, check_rope, check_swiglu};
 
 /// Rows of x up to which the GEMV kernels (weights streamed once) are used.
 pub(super) const GEMV_MAX_ROWS: usize = 8;
@@ -87,6 +86,10 @@ struct GemvBatch {
 }
 // SAFETY: #[repr(C)] of u64/i32/f32 fields only, the same layout as `GemvBatch` in ptx/dense.cu.
 unsafe impl DeviceRepr for GemvBatch {}
+// The C struct's size and the 4 padding bytes before `norm`, pinned.
+const _: () = assert!(
+    std::mem::size_of::<GemvBatch>() == 200 && std::mem::offset_of!(GemvBatch, norm) == 168
+);
 
 /// The GEMV variant for `n` rows of x with rows of `k` weights of type `W`: (kernel prefix,
 /// weight rows per block, threads). 2 and 5-8 rows of x with f16 weights go to the tensor cores
@@ -125,6 +128,15 @@ fn launch_folded<W: Half>(
     fold: Fold,
 ) -> Result<()> {
     const OP: &str = "matmul";
+    if mats.len() > GEMV_MAX_MATS {
+        return Err(arg_err(
+            OP,
+            format!(
+                "{} matrices in one GEMV launch, at most {GEMV_MAX_MATS}",
+                mats.len()
+            ),
+        ));
+    }
     let (prefix, rows, threads) = variant::<W>(n, k);
     let pairs = rows / 2; // paired modes: (row, partner) pairs per block
     let mut p = GemvBatch {
@@ -155,6 +167,9 @@ fn launch_folded<W: Half>(
     for f in &mut p.first[mats.len()..] {
         *f = as_i32(OP, "blocks", blocks)?;
     }
+    if blocks == 0 {
+        return Ok(()); // no matrices: nothing to launch (a grid of 0 blocks is an error)
+    }
     let norm = if fold.norm != 0 { "n" } else { "" };
     let f = be.func(
         OP,
@@ -164,10 +179,11 @@ fn launch_folded<W: Half>(
     let mut b = be.launch_builder(&f);
     b.arg(&x).arg(&p);
     let grid = u32::try_from(blocks).map_err(|_| arg_err(OP, "too many weight rows"))?;
-    // SAFETY: matches `gemv<N>[n]_*(const float* x, GemvBatch)`; every matrix holds m_i rows of
-    // k (w2 too for SwiGlu) and its output n rows of m_i (checked by the callers), x holds n rows
-    // of k, k % 8 == 0 keeps every 16-byte chunk inside its row and aligned; the norm weight
-    // holds k, positions n and inv_freq head_dim / 2 where used.
+    // SAFETY: matches `gemv<N>[n]_*` / `gemvtc[n]_f16(const float* x, GemvBatch)`; every matrix
+    // holds m_i rows of k (w2 too for SwiGlu) and its output n rows of m_i (checked by the
+    // callers), x holds n rows of k, k % 8 == 0 (k % 32 == 0 for gemvtc, `variant`) keeps every
+    // 16-byte chunk inside its row and aligned; the norm weight holds k, positions n and
+    // inv_freq head_dim / 2 where used.
     unsafe { b.launch(cfg((grid, 1, 1), threads)) }.map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
@@ -181,13 +197,6 @@ pub(super) fn launch<W: Half>(
     k: usize,
 ) -> Result<()> {
     launch_folded::<W>(be, x, mats, n, k, Fold::default())
-}
-
-/// The output checks of `matmul` for one matrix of `w_len` elements: returns its rows.
-fn out_rows(w_len: usize, k: usize, n: usize, out: &CudaBuf<f32>) -> Result<usize> {
-    let m = w_len / k;
-    expect_len("matmul", "out", out.len(), n * m)?;
-    Ok(m)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -204,13 +213,13 @@ pub(super) fn rms_norm_matmul_many<W: Half>(
     if !fits(n, k) || ws.len() > GEMV_MAX_MATS || ws.iter().any(|w| w.is_empty()) {
         return fused::rms_norm_matmul_many(be, x, norm, eps, ws, n, k, outs);
     }
-    check_norm("rms_norm_matmul_many", norm.len(), k)?;
-    check_matmul_many(ws.iter().map(|w| w.len()), outs.len(), k)?;
-    expect_len("matmul", "x", x.len(), n * k)?;
+    let w_lens: Vec<usize> = ws.iter().map(|w| w.len()).collect();
+    let out_lens: Vec<usize> = outs.iter().map(|o| o.len()).collect();
+    let op = "rms_norm_matmul_many";
+    check_projection(op, x.len(), norm.len(), &w_lens, &out_lens, n, k)?;
     let mut mats = Vec::with_capacity(ws.len());
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
-        let m = out_rows(w.len(), k, n, out)?;
-        mats.push(GemvMat::store(w.ptr(), m, out.touched()));
+        mats.push(GemvMat::store(w.ptr(), w.len() / k, out.touched()));
     }
     let fold = Fold {
         norm: norm.ptr(),
@@ -243,23 +252,26 @@ pub(super) fn qkv_projection<W: Half>(
     {
         return fused::qkv_projection(be, x, norm, eps, w, n, k, out, rope);
     }
-    check_norm("rms_norm_matmul_many", norm.len(), k)?;
-    check_matmul_many(w.iter().map(|w| w.len()), 3, k)?;
-    expect_len("matmul", "x", x.len(), n * k)?;
-    // The checks (and messages) of `rope` on q and k.
-    expect_len(OP, "inv_freq", rope.inv_freq.len(), hd / 2)?;
-    expect_len(OP, "positions", rope.positions.len(), n)?;
+    let [q, kk, v] = out;
+    let w_lens = w.map(|w| w.len());
+    let out_lens = [q.len(), kk.len(), v.len()];
+    check_projection(
+        "qkv_projection",
+        x.len(),
+        norm.len(),
+        &w_lens,
+        &out_lens,
+        n,
+        k,
+    )?;
+    check_rope(be, rope, n, out_lens[0], out_lens[1])?;
     if let Some(&pos) = be.host_ints(rope.positions)?.iter().find(|&&p| p < 0) {
         return Err(index_err(OP, format!("negative position {pos}")));
     }
-    let [q, kk, v] = out;
-    let mq = out_rows(w[0].len(), k, n, q)?;
-    let mk = out_rows(w[1].len(), k, n, kk)?;
-    let mv = out_rows(w[2].len(), k, n, v)?;
     let mats = [
-        GemvMat::store(w[0].ptr(), mq, q.touched()).with(Mode::Rope),
-        GemvMat::store(w[1].ptr(), mk, kk.touched()).with(Mode::Rope),
-        GemvMat::store(w[2].ptr(), mv, v.touched()),
+        GemvMat::store(w[0].ptr(), w_lens[0] / k, q.touched()).with(Mode::Rope),
+        GemvMat::store(w[1].ptr(), w_lens[1] / k, kk.touched()).with(Mode::Rope),
+        GemvMat::store(w[2].ptr(), w_lens[2] / k, v.touched()),
     ];
     let fold = Fold {
         norm: norm.ptr(),
@@ -286,14 +298,19 @@ pub(super) fn rms_norm_swiglu<W: Half>(
     if !fits(n, k) || w_gate.is_empty() || w_gate.len() != w_up.len() {
         return fused::rms_norm_swiglu(be, x, norm, eps, w_gate, w_up, n, k, out);
     }
-    check_norm("rms_norm_matmul_many", norm.len(), k)?;
-    check_matmul_many([w_gate.len(), w_up.len()].into_iter(), 2, k)?;
-    expect_len("matmul", "x", x.len(), n * k)?;
-    let m = out_rows(w_gate.len(), k, n, out)?;
+    check_swiglu(
+        x.len(),
+        norm.len(),
+        w_gate.len(),
+        w_up.len(),
+        out.len(),
+        n,
+        k,
+    )?;
     let mat = GemvMat {
         w: w_gate.ptr(),
         w2: w_up.ptr(),
-        m,
+        m: w_gate.len() / k,
         out: out.touched(),
         mode: Mode::SwiGlu,
     };

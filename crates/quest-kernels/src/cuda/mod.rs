@@ -8,6 +8,7 @@
 
 mod attention;
 mod bounds_int8;
+mod branch;
 mod buf;
 mod checks;
 mod dense;
@@ -23,17 +24,15 @@ mod timing;
 pub use buf::CudaBuf;
 pub use timing::CudaTimer;
 
+use branch::Branch;
 use buf::{MIRROR_MAX, as_bytes, as_bytes_mut, check_pod, is_int};
 use checks::{check_table, check_table_sparse, elementwise_grid};
 use device::{Family, PtxArch, guarded, probe};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
 use cudarc::nvrtc::Ptx;
 
 use crate::backend::{AttentionShape, Backend, DevicePageTable, SamplingParams, SelectOptions};
@@ -75,15 +74,8 @@ struct Inner {
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Split-K partial results, reused across calls (one stream orders all uses).
     scratch: Mutex<Option<CudaSlice<u8>>>,
-    /// The branch (`Backend::branch_begin`): a non-blocking stream, whether ops go to it now,
-    /// and the events that order it against the main stream.
-    side: Arc<CudaStream>,
-    on_side: AtomicBool,
-    fork_event: CudaEvent,
-    join_event: CudaEvent,
-    /// `QUEST_BRANCH=0`: the branch ops do nothing and everything stays on the main stream, in
-    /// the order it was queued (for A/B measurements).
-    branch: bool,
+    /// The branch (`Backend::branch_begin`), `branch.rs`.
+    branch: Branch,
 }
 
 /// The CUDA backend: one device, one stream; every op is queued on that stream.
@@ -124,10 +116,7 @@ impl CudaBackend {
             PtxArch::Sm80
         };
         let pdl = arch == PtxArch::Sm90 && std::env::var("QUEST_PDL").map_or(true, |v| v != "0");
-        let branch = std::env::var("QUEST_BRANCH").map_or(true, |v| v != "0");
-        let side = ctx.new_stream().map_err(|e| cuda_err("new", e))?;
-        let fork_event = ctx.new_event(None).map_err(|e| cuda_err("new", e))?;
-        let join_event = ctx.new_event(None).map_err(|e| cuda_err("new", e))?;
+        let branch = Branch::new(&ctx)?;
         Ok(CudaBackend {
             inner: Arc::new(Inner {
                 ctx,
@@ -142,11 +131,7 @@ impl CudaBackend {
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
                 scratch: Mutex::new(None),
-                side,
-                on_side: AtomicBool::new(false),
                 branch,
-                fork_event,
-                join_event,
             }),
         })
     }
@@ -173,27 +158,13 @@ impl CudaBackend {
     /// The stream ops are queued on now: the main stream, or the branch's between
     /// `branch_begin` and `branch_end`.
     pub(crate) fn queue(&self) -> &Arc<CudaStream> {
-        if self.inner.on_side.load(Ordering::Relaxed) {
-            &self.inner.side
-        } else {
-            &self.inner.stream
-        }
+        self.inner.branch.queue(&self.inner.stream)
     }
 
     /// Inside a branch, makes the branch wait for what the main stream has queued (an allocation
     /// or upload, which always go to the main stream so their memory is freed in its order).
     fn order_branch_after_main(&self, op: &'static str) -> Result<()> {
-        if self.inner.on_side.load(Ordering::Relaxed) {
-            self.inner
-                .fork_event
-                .record(&self.inner.stream)
-                .map_err(|e| cuda_err(op, e))?;
-            self.inner
-                .side
-                .wait(&self.inner.fork_event)
-                .map_err(|e| cuda_err(op, e))?;
-        }
-        Ok(())
+        self.inner.branch.order_after_main(&self.inner.stream, op)
     }
 
     /// Whether kernel launches use programmatic dependent launch (sm_90+, unless `QUEST_PDL=0`).
@@ -380,65 +351,22 @@ impl Backend for CudaBackend {
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.inner
-            .side
-            .synchronize()
-            .map_err(|e| cuda_err("synchronize", e))?;
+        self.inner.branch.synchronize()?;
         self.stream()
             .synchronize()
             .map_err(|e| cuda_err("synchronize", e))
     }
 
     fn branch_begin(&self) -> Result<()> {
-        const OP: &str = "branch_begin";
-        if !self.inner.branch {
-            return Ok(());
-        }
-        if self.inner.on_side.load(Ordering::Relaxed) {
-            return Err(arg_err(OP, "a branch is already open"));
-        }
-        // The branch waits for everything queued so far; only then do ops go to it.
-        self.inner
-            .fork_event
-            .record(&self.inner.stream)
-            .map_err(|e| cuda_err(OP, e))?;
-        self.inner
-            .side
-            .wait(&self.inner.fork_event)
-            .map_err(|e| cuda_err(OP, e))?;
-        self.inner.on_side.store(true, Ordering::Relaxed);
-        Ok(())
+        self.inner.branch.begin(&self.inner.stream)
     }
 
     fn branch_end(&self) -> Result<()> {
-        if !self.inner.branch {
-            return Ok(());
-        }
-        if !self.inner.on_side.load(Ordering::Relaxed) {
-            return Err(arg_err("branch_end", "no branch is open"));
-        }
-        // Back to the main stream even if the record fails (the join then waits for nothing
-        // newer, and the error says why).
-        self.inner.on_side.store(false, Ordering::Relaxed);
-        self.inner
-            .join_event
-            .record(&self.inner.side)
-            .map_err(|e| cuda_err("branch_end", e))
+        self.inner.branch.end()
     }
 
     fn branch_join(&self) -> Result<()> {
-        if !self.inner.branch {
-            return Ok(());
-        }
-        if self.inner.on_side.load(Ordering::Relaxed) {
-            return Err(arg_err(
-                "branch_join",
-                "the branch is still open (branch_end first)",
-            ));
-        }
-        self.stream()
-            .wait(&self.inner.join_event)
-            .map_err(|e| cuda_err("branch_join", e))
+        self.inner.branch.join(&self.inner.stream)
     }
 
     fn fill_random<T: Half>(&self, buf: &mut CudaBuf<T>, seed: u64, scale: f32) -> Result<()> {
