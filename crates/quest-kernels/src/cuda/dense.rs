@@ -39,7 +39,7 @@ pub(super) fn embedding<W: Half>(
     }
     let vocab = table.len() / hidden;
     expect_len(OP, "out", out.len(), tokens.len() * hidden)?;
-    for &t in &be.host_ints(tokens)? {
+    for &t in be.host_ints(tokens)?.iter() {
         if t as usize >= vocab {
             return Err(index_err(
                 OP,
@@ -257,9 +257,7 @@ pub(super) fn rope(
         Some(y) => rope_row(OP, y, n, head_dim)?,
         None => 0,
     };
-    if let Some(&pos) = be.host_ints(positions)?.iter().find(|&&p| p < 0) {
-        return Err(index_err(OP, format!("negative position {pos}")));
-    }
+    be.check_positions(OP, positions)?;
     let f = be.func(OP, Family::Dense, "rope")?;
     let (nn, rx, ry, hd) = (
         n as i64,

@@ -8,7 +8,7 @@ use cudarc::driver::DeviceRepr;
 use super::dense::{as_i32, cfg};
 use super::{CudaBackend, CudaBuf, Family, cuda_err, suffix};
 use crate::dtype::{DType, Half};
-use crate::error::{Result, arg_err, expect_len, index_err};
+use crate::error::{Result, arg_err, expect_len};
 use crate::fused::{self, RopeInput, check_projection, check_rope, check_swiglu};
 
 /// Rows of x up to which the GEMV kernels (weights streamed once) are used.
@@ -265,9 +265,7 @@ pub(super) fn qkv_projection<W: Half>(
         k,
     )?;
     check_rope(be, rope, n, out_lens[0], out_lens[1])?;
-    if let Some(&pos) = be.host_ints(rope.positions)?.iter().find(|&&p| p < 0) {
-        return Err(index_err(OP, format!("negative position {pos}")));
-    }
+    be.check_positions(OP, rope.positions)?;
     let mats = [
         GemvMat::store(w[0].ptr(), w_lens[0] / k, q.touched()).with(Mode::Rope),
         GemvMat::store(w[1].ptr(), w_lens[1] / k, kk.touched()).with(Mode::Rope),

@@ -29,6 +29,7 @@ use buf::{MIRROR_MAX, as_bytes, as_bytes_mut, check_pod, is_int};
 use checks::{check_table, check_table_sparse, elementwise_grid};
 use device::{Family, PtxArch, guarded, probe};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -250,11 +251,23 @@ impl CudaBackend {
         }
     }
 
-    /// The buffer's contents on the host: the mirror when there is one, else a download.
-    pub(crate) fn host_ints<T: Elem>(&self, buf: &CudaBuf<T>) -> Result<Vec<T>> {
+    /// The buffer's contents on the host: the mirror when there is one (borrowed: ops check
+    /// indices on every decode step), else a download.
+    pub(crate) fn host_ints<'a, T: Elem>(&self, buf: &'a CudaBuf<T>) -> Result<Cow<'a, [T]>> {
         match &buf.mirror {
-            Some(m) => Ok(m.clone()),
-            None => self.download(buf),
+            Some(m) => Ok(Cow::Borrowed(m)),
+            None => self.download(buf).map(Cow::Owned),
+        }
+    }
+
+    /// RoPE's position check (the CPU's message): no negative position.
+    pub(crate) fn check_positions(&self, op: &'static str, positions: &CudaBuf<i32>) -> Result<()> {
+        match self.host_ints(positions)?.iter().find(|&&p| p < 0) {
+            Some(&pos) => Err(crate::error::index_err(
+                op,
+                format!("negative position {pos}"),
+            )),
+            None => Ok(()),
         }
     }
 }

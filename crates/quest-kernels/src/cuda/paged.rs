@@ -85,7 +85,7 @@ pub(super) fn update_bounds<T: Half>(
     expect_len(OP, "bounds", bounds.len(), layout.bounds_len())?;
     expect_len(OP, "page_lens", page_lens.len(), pages.len())?;
     let (hp, hl) = (be.host_ints(pages)?, be.host_ints(page_lens)?);
-    for (&p, &len) in hp.iter().zip(&hl) {
+    for (&p, &len) in hp.iter().zip(hl.iter()) {
         if p < 0 || p as usize >= layout.num_pages {
             return Err(index_err(
                 OP,
