@@ -124,6 +124,9 @@ pub struct KernelArgs {
     /// KV head counts of the attention rows (32 query heads).
     #[arg(long, value_delimiter = ',', default_value = "32,8")]
     pub kv_heads: Vec<usize>,
+    /// Token budgets of the selection rows (multiples of the page size 16).
+    #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048,4096")]
+    pub budgets: Vec<usize>,
     /// Leave out the GEMV rows.
     #[arg(long)]
     pub no_gemv: bool,
@@ -158,7 +161,10 @@ pub fn run(args: &KernelArgs) -> Res<()> {
     if args.kv_heads.iter().any(|&h| h == 0 || HQ % h != 0) {
         anyhow::bail!("--kv-heads must divide the {HQ} query heads");
     }
-    let budgets = [256usize, 512, 1024, 2048, 4096];
+    let budgets = &args.budgets;
+    if budgets.iter().any(|&b| b < PS || b % PS != 0) {
+        anyhow::bail!("--budgets must be multiples of the page size {PS}");
+    }
     let mut rows = Vec::new();
     for &hkv in &args.kv_heads {
         let max_pages = contexts.iter().max().copied().unwrap_or(PS) / PS;
@@ -254,7 +260,7 @@ pub fn run(args: &KernelArgs) -> Res<()> {
                 us,
                 bytes: n as f64 * int8_page_bytes + (HQ * n * 4) as f64,
             });
-            for &budget in &budgets {
+            for &budget in budgets {
                 if budget >= ctx {
                     continue;
                 }
