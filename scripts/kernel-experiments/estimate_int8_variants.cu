@@ -97,30 +97,12 @@ int main() {
                     worst = std::max(worst, std::fabs(s - got[(size_t)h * n + j]) / (1.0 + std::fabs(s)));
                 }
             if (worst > 1e-5) ++bad;
-            cudaEvent_t a, b;
-            CK(cudaEventCreate(&a));
-            CK(cudaEventCreate(&b));
-            std::vector<float> t1, t8;
-            for (int i = 0; i < 23; ++i) {
-                flush_read<<<sms * 8, 256>>>(reinterpret_cast<const float4*>(flush), (256u << 20) / 16, fl_out);
-                CK(cudaEventRecord(a));
-                launch(i % C);
-                CK(cudaEventRecord(b));
-                CK(cudaEventSynchronize(b));
-                float ms;
-                CK(cudaEventElapsedTime(&ms, a, b));
-                if (i >= 3) t1.push_back(ms * 1000.f);
-                flush_read<<<sms * 8, 256>>>(reinterpret_cast<const float4*>(flush), (256u << 20) / 16, fl_out);
-                CK(cudaEventRecord(a));
-                for (int c = 0; c < C; ++c) launch(c);
-                CK(cudaEventRecord(b));
-                CK(cudaEventSynchronize(b));
-                CK(cudaEventElapsedTime(&ms, a, b));
-                if (i >= 3) t8.push_back(ms * 1000.f / C);
-            }
-            std::sort(t1.begin(), t1.end());
-            std::sort(t8.begin(), t8.end());
-            const double us1 = t1[t1.size() / 2], us8 = t8[t8.size() / 2];
+            const float4* fl = reinterpret_cast<const float4*>(flush);
+            const size_t n4 = (256u << 20) / 16;
+            // One launch, and all C copies back to back (per launch).
+            const double us1 = median_us([&](int i) { launch(i % C); }, 3, 20, fl, n4, fl_out, sms * 8);
+            const double us8 = median_us([&](int) { for (int c = 0; c < C; ++c) launch(c); }, 3, 20, fl,
+                                         n4, fl_out, sms * 8, C);
             const double bytes = (double)n * hkv * (2 * d + 16);
             printf("%-12s hkv=%2d pages=%5d grid=%5lld  single %6.2f us  x8 %6.2f us %6.0f GB/s  err %.1e %s\n",
                    VARIANT, hkv, n, blocks, us1, us8, bytes / us8 / 1e3, worst, worst > 1e-5 ? "MISMATCH" : "ok");

@@ -87,22 +87,10 @@ int main() {
                     worst = std::max(worst, std::fabs(s - got[(size_t)h * n + j]) / (1.0 + std::fabs(s)));
                 }
             if (worst > 1e-5) ++bad;
-            cudaEvent_t a, b;
-            CK(cudaEventCreate(&a));
-            CK(cudaEventCreate(&b));
-            std::vector<float> t;
-            for (int i = 0; i < 33; ++i) {
-                flush_read<<<sms * 8, 256>>>(reinterpret_cast<const float4*>(flush), (256u << 20) / 16, fl_out);
-                CK(cudaEventRecord(a));
-                launch(i % C);
-                CK(cudaEventRecord(b));
-                CK(cudaEventSynchronize(b));
-                float ms;
-                CK(cudaEventElapsedTime(&ms, a, b));
-                if (i >= 3) t.push_back(ms * 1000.f);
-            }
-            std::sort(t.begin(), t.end());
-            double us = t[t.size() / 2], bytes = (double)n * 2 * hkv * d * 2;
+            const double us = median_us([&](int i) { launch(i % C); }, 3, 30,
+                                        reinterpret_cast<const float4*>(flush), (256u << 20) / 16, fl_out,
+                                        sms * 8);
+            const double bytes = (double)n * 2 * hkv * d * 2;
             printf("%-22s hkv=%2d pages=%5d grid=%6lld  %7.2f us  %6.0f GB/s  err %.1e %s\n", VARIANT, hkv, n, blocks, us,
                    bytes / us / 1e3, worst, worst > 1e-5 ? "MISMATCH" : "ok");
             cudaFree(db); cudaFree(dq); cudaFree(ds); cudaFree(dip);

@@ -1,8 +1,10 @@
 // Shared by the variant harnesses here: an error check and an L2 flush that leaves L2 full of
 // clean lines (a read, as a decode step's weight stream does), so the timed kernel reads from DRAM.
 #pragma once
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #define CK(x)                                                                              \
     do {                                                                                   \
@@ -20,4 +22,30 @@ __global__ void flush_read(const float4* p, size_t n, float* out) {
         s += v.x + v.w;
     }
     if (s == 12345.678f) out[0] = s;
+}
+
+// Median time in microseconds of `run(i)` over `runs` timed repetitions after `warm` untimed ones
+// (i counts them all: rotate input copies with it), each preceded by flush_read over `n4` float4s
+// of `flush` with `blocks` blocks; every time is divided by `per` (ops queued by one run).
+template <class Run>
+double median_us(Run run, int warm, int runs, const float4* flush, size_t n4, float* out, int blocks,
+                 double per = 1.0) {
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    std::vector<float> t;
+    for (int i = 0; i < warm + runs; ++i) {
+        flush_read<<<blocks, 256>>>(flush, n4, out);
+        CK(cudaEventRecord(a));
+        run(i);
+        CK(cudaEventRecord(b));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        if (i >= warm) t.push_back((float)(ms * 1000.0 / per));
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
 }
