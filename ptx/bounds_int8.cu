@@ -190,19 +190,19 @@ __device__ void estimate_pages_int8(const float* __restrict__ q, const uint8_t* 
                                     const int* __restrict__ indices, float* __restrict__ scores,
                                     Int8EstimateParams p) {
     const int team = p.head_dim >> 4;  // power of two <= 16, checked on the host
-    const int lane = threadIdx.x & (team - 1);
+    const int lane = threadIdx.x & (team - 1), tm = threadIdx.x / team;
     const int block_teams = blockDim.x / team;
-    const long long teams =
-        (long long)((p.nnz + PPT - 1) / PPT) * p.slices * p.num_kv_heads;
+    // Team indices fit in int, with a grid's worth of slack (checked on the host).
+    const int teams = ((p.nnz + PPT - 1) / PPT) * p.slices * p.num_kv_heads;
+    const DivMod heads(p.num_kv_heads), slices(p.slices);
     // Grid-stride over whole blocks of teams (block-uniform trip count for the shuffles); the
     // grid holds only resident blocks, so there is no partial last wave.
-    for (long long t_block = (long long)blockIdx.x * block_teams; t_block < teams;
-         t_block += (long long)gridDim.x * block_teams) {
-        const long long t = t_block + threadIdx.x / team;
-        const int g = (int)(t % p.num_kv_heads);
-        const long long r = t / p.num_kv_heads;
-        const int slice = (int)(r % p.slices);
-        const long long j0 = (r / p.slices) * PPT;
+    for (int t_block = blockIdx.x * block_teams; t_block < teams; t_block += gridDim.x * block_teams) {
+        const int t = t_block + tm;
+        const int g = heads.mod(t);
+        const int r = heads.div(t);
+        const int slice = slices.mod(r);
+        const int j0 = slices.div(r) * PPT;
         const int group = p.num_qo_heads / p.num_kv_heads;
         const int h0 = g * group + slice * G;
         const int nh = min(G, group - slice * G);
@@ -214,7 +214,7 @@ __device__ void estimate_pages_int8(const float* __restrict__ q, const uint8_t* 
         bool live[PPT];
 #pragma unroll
         for (int u = 0; u < PPT; ++u) {
-            const long long j = j0 + u;
+            const int j = j0 + u;
             const int page = (team_live && j < p.nnz) ? indices[j] : -1;
             live[u] = page >= 0 && page < p.num_pages;
             hi[u] = make_uint4(0u, 0u, 0u, 0u);
@@ -244,7 +244,7 @@ __device__ void estimate_pages_int8(const float* __restrict__ q, const uint8_t* 
 
 #pragma unroll
         for (int u = 0; u < PPT; ++u) {
-            const long long j = j0 + u;
+            const int j = j0 + u;
             if (live[u] && j >= row_end) {  // a new sequence starts inside the chunk
                 do {
                     ++b;

@@ -98,6 +98,16 @@ __device__ __forceinline__ void raw_cvt(const Raw8<bf16_t>& r, float (&o)[8]) {
     for (int i = 0; i < 4; ++i) { float2 f = __bfloat1622float2(h[i]); o[2 * i] = f.x; o[2 * i + 1] = f.y; }
 }
 
+// x / d and x % d for a divisor fixed for a whole kernel (x >= 0): a shift and a mask when d is a
+// power of two (the usual head counts), a 32-bit division otherwise. A 64-bit division costs ~70
+// instructions; the estimate kernels paid two per team and pass, most of their instructions.
+struct DivMod {
+    int d, shift;  // shift < 0: d is not a power of two
+    __device__ explicit DivMod(int d_) : d(d_), shift(__popc(d_) == 1 ? __ffs(d_) - 1 : -1) {}
+    __device__ __forceinline__ int div(int x) const { return shift >= 0 ? x >> shift : x / d; }
+    __device__ __forceinline__ int mod(int x) const { return shift >= 0 ? x & (d - 1) : x % d; }
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

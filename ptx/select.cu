@@ -59,23 +59,24 @@ __device__ void estimate_pages(const float* __restrict__ q, const T* __restrict_
                                const int* __restrict__ indptr, const int* __restrict__ indices,
                                float* __restrict__ scores, EstimateParams p) {
     const int team = p.head_dim / 8;  // power of two <= 32, checked on the host
-    const int lane = threadIdx.x % team;
+    const int lane = threadIdx.x & (team - 1), tm = threadIdx.x / team;
     const int block_teams = blockDim.x / team;
-    const long long teams = (long long)((p.nnz + EST_PPT - 1) / EST_PPT) * p.num_kv_heads;
+    // Team indices fit in int, with a grid's worth of slack (checked on the host).
+    const int teams = ((p.nnz + EST_PPT - 1) / EST_PPT) * p.num_kv_heads;
+    const DivMod heads(p.num_kv_heads);
     // Grid-stride over whole blocks of teams (a block-uniform trip count, so every warp's
     // shuffles see all lanes): the grid is sized to the resident blocks, with no partial wave.
-    for (long long t_block = (long long)blockIdx.x * block_teams; t_block < teams;
-         t_block += (long long)gridDim.x * block_teams) {
-        const long long t = t_block + threadIdx.x / team;
-        const int g = (int)(t % p.num_kv_heads);
-        const long long j0 = (t / p.num_kv_heads) * EST_PPT;
+    for (int t_block = blockIdx.x * block_teams; t_block < teams; t_block += gridDim.x * block_teams) {
+        const int t = t_block + tm;
+        const int g = heads.mod(t);
+        const int j0 = heads.div(t) * EST_PPT;
         const bool team_live = t < teams;
         // Every page's max and min first (EST_PPT x 2 x 16 bytes in flight per lane).
         Raw8<T> mx[EST_PPT], mn[EST_PPT];
         bool live[EST_PPT];
 #pragma unroll
         for (int u = 0; u < EST_PPT; ++u) {
-            const long long j = j0 + u;
+            const int j = j0 + u;
             const int page = (team_live && j < p.nnz) ? indices[j] : -1;
             live[u] = page >= 0 && page < p.num_pages;
             mx[u] = Raw8<T>{};

@@ -150,7 +150,10 @@ pub(super) fn estimate_pages_int8(
         Family::BoundsInt8,
         &format!("estimate_pages_int8_g{heads}"),
     )?;
-    let threads = nnz.div_ceil(per_team) * layout.num_kv_heads * slices * (d / 16);
+    let teams = nnz.div_ceil(per_team) * layout.num_kv_heads * slices;
+    // The kernel counts teams in i32, past the end by at most a grid of blocks.
+    i32_of(OP, "estimate teams", 2 * teams + 256)?;
+    let threads = teams * (d / 16);
     // The kernel loops grid-stride: at most the resident blocks, so there is no partial last wave.
     let blocks = u32::try_from(threads.div_ceil(256).min(resident * be.num_sms() as usize))
         .map_err(|_| arg_err(OP, format!("{threads} threads exceed one launch")))?;

@@ -96,7 +96,10 @@ pub(super) fn estimate_pages<T: Half>(
     // EST_PPT (2) entries per team of d / 8 lanes; the kernel loops grid-stride over at most
     // the blocks resident at once (EST_MIN_BLOCKS = 4 per SM, its __launch_bounds__), so there is
     // no partial last wave. Chosen on the H100 from scripts/kernel-experiments/estimate_variants.cu.
-    let threads = nnz.div_ceil(2) * layout.num_kv_heads * (d / 8);
+    let teams = nnz.div_ceil(2) * layout.num_kv_heads;
+    // The kernel counts teams in i32, past the end by at most a grid of blocks.
+    i32_of(OP, "estimate teams", 2 * teams + 256)?;
+    let threads = teams * (d / 8);
     let blocks = threads.div_ceil(256).min(4 * be.num_sms() as usize);
     let cfg = LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
