@@ -5,7 +5,7 @@
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::select::i32_of;
+use super::select::{check_estimate_teams, i32_of};
 use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
 use crate::backend::{AttentionShape, DevicePageTable};
 use crate::cpu::paged::check_bounds_args;
@@ -151,8 +151,7 @@ pub(super) fn estimate_pages_int8(
         &format!("estimate_pages_int8_g{heads}"),
     )?;
     let teams = nnz.div_ceil(per_team) * layout.num_kv_heads * slices;
-    // The kernel counts teams in i32, past the end by at most a grid of blocks.
-    i32_of(OP, "estimate teams", 2 * teams + 256)?;
+    check_estimate_teams(OP, teams)?;
     let threads = teams * (d / 16);
     // The kernel loops grid-stride: at most the resident blocks, so there is no partial last wave.
     let blocks = u32::try_from(threads.div_ceil(256).min(resident * be.num_sms() as usize))

@@ -56,6 +56,12 @@ pub(super) fn check_head_dim(op: &'static str, head_dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// Both estimate kernels count their teams in i32 and step past the last by less than one grid
+/// of blocks (at most `teams` more, plus a block's 256 teams).
+pub(super) fn check_estimate_teams(op: &'static str, teams: usize) -> Result<()> {
+    i32_of(op, "estimate teams", 2 * teams + 256).map(|_| ())
+}
+
 pub(super) fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| arg_err(op, format!("{what} = {v} exceeds i32")))
 }
@@ -97,8 +103,7 @@ pub(super) fn estimate_pages<T: Half>(
     // the blocks resident at once (EST_MIN_BLOCKS = 4 per SM, its __launch_bounds__), so there is
     // no partial last wave. Chosen on the H100 from scripts/kernel-experiments/estimate_variants.cu.
     let teams = nnz.div_ceil(2) * layout.num_kv_heads;
-    // The kernel counts teams in i32, past the end by at most a grid of blocks.
-    i32_of(OP, "estimate teams", 2 * teams + 256)?;
+    check_estimate_teams(OP, teams)?;
     let threads = teams * (d / 8);
     let blocks = threads.div_ceil(256).min(4 * be.num_sms() as usize);
     let cfg = LaunchConfig {
