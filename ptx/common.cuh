@@ -103,7 +103,10 @@ __device__ __forceinline__ void raw_cvt(const Raw8<bf16_t>& r, float (&o)[8]) {
 // instructions; the estimate kernels paid two per team and pass, most of their instructions.
 struct DivMod {
     int d, shift;  // shift < 0: d is not a power of two
-    __device__ explicit DivMod(int d_) : d(d_), shift(__popc(d_) == 1 ? __ffs(d_) - 1 : -1) {}
+    __device__ explicit DivMod(int d_) : d(d_), shift(pow2_shift(d_)) {}
+    // log2(d) when d is a power of two, else -1 (a function, not the initializer: nvcc's host pass
+    // keeps member initializers of device constructors, where __popc does not exist).
+    __device__ static int pow2_shift(int d) { return __popc(d) == 1 ? __ffs(d) - 1 : -1; }
     __device__ __forceinline__ int div(int x) const { return shift >= 0 ? x >> shift : x / d; }
     __device__ __forceinline__ int mod(int x) const { return shift >= 0 ? x & (d - 1) : x % d; }
 };
