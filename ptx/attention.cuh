@@ -44,7 +44,87 @@ struct AttnParams {
     int group_chunks;    // head chunks per KV head (ceil(group / GB)); PerQoHead: unused
     int chunk_tokens, num_splits;
     float scale_log2;
+    // Split-K merged in the kernel (merge_splits_if_last): one counter per grid row, zero before
+    // the launch and left zero after it. Null: the host launches merge_splits (CUDA-core kernel
+    // only; the tensor-core kernel always merges in the kernel).
+    int* tickets;
 };
+
+// In-kernel split merge (decode with p.tickets set): the last split block of a grid row to
+// finish merges the row's splits, so no merge_splits launch follows (that launch cost ~5 us a
+// decode under PDL: grid drain, release, a short kernel's ramp and tail). Every block fences its
+// partials and takes a ticket; the one that draws splits - 1 reads all partials of out rows
+// [row0, row0 + nrows) from L2, writes them, and resets the ticket for the next launch.
+// Merge: the rows' outputs are cols = nrows * d / 4 float4 columns; thread t owns column
+// col = t % n of a batch of n <= THREADS columns and splits part, part + tpc, ... (part = t / n,
+// tpc = THREADS / n threads a column), U splits a round with all loads in flight, merged online;
+// the tpc parts of a column combine through `red` (shared memory, 6 floats a thread).
+template <int THREADS, int U>
+__device__ void merge_splits_if_last(const float* part_o, const float* part_lse, float* out, int* tickets,
+                                     int row0, int nrows, int splits, int d, float* red) {
+    __shared__ int s_last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(&tickets[blockIdx.x], 1) == splits - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const int t = threadIdx.x, c4s = d / 4, cols = nrows * c4s;
+    for (int base = 0; base < cols; base += THREADS) {
+        const int n = min(THREADS, cols - base), tpc = THREADS / n, part = t / n, col = base + t % n;
+        const int h = col / c4s, c4 = col % c4s;
+        float m = -INFINITY, den = 0.f;
+        float4 num = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int s0 = part; part < tpc && s0 < splits; s0 += tpc * U) {
+            float ls[U];
+            float4 o[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int sp = s0 + u * tpc;
+                const size_t r = (size_t)(row0 + h) * splits + sp;
+                ls[u] = sp < splits ? __ldcg(part_lse + r) : -INFINITY;
+                o[u] = sp < splits ? __ldcg(reinterpret_cast<const float4*>(part_o + r * d) + c4)
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+            float mx = m;
+#pragma unroll
+            for (int u = 0; u < U; ++u) mx = fmaxf(mx, ls[u]);
+            if (mx == -INFINITY) continue;
+            const float a = exp2f(m - mx);
+            den *= a; num.x *= a; num.y *= a; num.z *= a; num.w *= a;
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const float w = exp2f(ls[u] - mx);
+                den += w;
+                num.x = fmaf(w, o[u].x, num.x); num.y = fmaf(w, o[u].y, num.y);
+                num.z = fmaf(w, o[u].z, num.z); num.w = fmaf(w, o[u].w, num.w);
+            }
+            m = mx;
+        }
+        float* mine = red + t * 6;
+        mine[0] = m; mine[1] = den; mine[2] = num.x; mine[3] = num.y; mine[4] = num.z; mine[5] = num.w;
+        __syncthreads();
+        if (part == 0) {
+            float M = -INFINITY;
+            for (int k = 0; k < tpc; ++k) M = fmaxf(M, red[(k * n + t % n) * 6]);
+            float D = 0.f, v[4] = {0.f, 0.f, 0.f, 0.f};
+            if (M != -INFINITY) {
+                for (int k = 0; k < tpc; ++k) {
+                    const float* r = red + (k * n + t % n) * 6;
+                    const float w = exp2f(r[0] - M);
+                    D = fmaf(w, r[1], D);
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) v[i] = fmaf(w, r[2 + i], v[i]);
+                }
+            }
+            const float inv = D > 0.f ? 1.f / D : 0.f;
+            reinterpret_cast<float4*>(out + (size_t)(row0 + h) * d)[c4] =
+                make_float4(v[0] * inv, v[1] * inv, v[2] * inv, v[3] * inv);
+        }
+        __syncthreads();  // red is reused by the next batch of columns
+    }
+    if (threadIdx.x == 0) tickets[blockIdx.x] = 0;
+}
 
 template <typename T, int GB, bool PREFILL>
 __device__ void attention_kernel(const float* q, const T* kv, const int* indptr, const int* indices,
@@ -201,31 +281,79 @@ __device__ void attention_kernel(const float* q, const T* kv, const int* indptr,
             if (ch == 0) part_lse[qh * p.num_splits + blockIdx.y] = L > 0.f ? M + log2f(L) : -INFINITY;
         }
     }
+    if (p.num_splits > 1 && p.tickets != nullptr)  // uniform over the block
+        merge_splits_if_last<ATT_THREADS, 4>(part_o, part_lse, out, p.tickets, qi * p.num_qo_heads + h0, nh,
+                                             p.num_splits, d, s_acc);  // U = 4: no spills at 64 registers
 }
 
-// One block per (query, head): combines the splits' partial outputs by their log-sum-exp.
+// One block of MERGE_THREADS per (query, head): combines the splits' partials,
+//   out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M),  M = max_s lse_s.
+// Thread (group g, channel ch), G = MERGE_THREADS / d groups, takes splits g, g + G, ... of
+// channel ch, MERGE_U at a time with all their loads issued before any use, and merges them
+// online with its own running max; the G groups then combine through shared memory. So S splits
+// cost about S / (G * MERGE_U) memory round trips, not the 2 S / 8 of one thread per channel
+// walking every split twice (max, then sum) — on the critical path after every split-K decode.
+// d <= MERGE_THREADS (the host checks); empty splits have lse -inf and weigh 0.
+#ifndef MERGE_THREADS
+#define MERGE_THREADS 256
+#endif
+#ifndef MERGE_U
+#define MERGE_U 8
+#endif
 __device__ void merge_splits_impl(const float* part_o, const float* part_lse, float* out, int splits, int d) {
-    size_t qh = blockIdx.x;
-    const float* lse = part_lse + qh * splits;
-    float M = -INFINITY;
-#pragma unroll 8
-    for (int s = 0; s < splits; ++s) M = fmaxf(M, lse[s]);
-    for (int ch = threadIdx.x; ch < d; ch += blockDim.x) {
-        float num = 0.f, den = 0.f;
-        if (M != -INFINITY) {
-#pragma unroll 8
-            for (int s = 0; s < splits; ++s) {
-                float w = exp2f(lse[s] - M);
+    __shared__ float s_m[MERGE_THREADS], s_num[MERGE_THREADS], s_den[MERGE_THREADS];
+    const size_t qh = blockIdx.x;
+    const int groups = MERGE_THREADS / d, g = threadIdx.x / d, ch = threadIdx.x % d;
+    float m = -INFINITY, num = 0.f, den = 0.f;
+    if (g < groups) {
+        for (int s0 = g; s0 < splits; s0 += groups * MERGE_U) {
+            float ls[MERGE_U], o[MERGE_U];
+#pragma unroll
+            for (int u = 0; u < MERGE_U; ++u) {
+                const int s = s0 + u * groups;
+                ls[u] = s < splits ? part_lse[qh * splits + s] : -INFINITY;
+                o[u] = s < splits ? part_o[(qh * splits + s) * d + ch] : 0.f;
+            }
+            float mx = m;
+#pragma unroll
+            for (int u = 0; u < MERGE_U; ++u) mx = fmaxf(mx, ls[u]);
+            if (mx == -INFINITY) continue;
+            const float a = exp2f(m - mx);  // 0 while m is -inf (num and den are 0 then)
+            num *= a;
+            den *= a;
+#pragma unroll
+            for (int u = 0; u < MERGE_U; ++u) {
+                const float w = exp2f(ls[u] - mx);
+                num = fmaf(w, o[u], num);
                 den += w;
-                num += w * part_o[(qh * splits + s) * d + ch];
+            }
+            m = mx;
+        }
+    }
+    s_m[threadIdx.x] = m;
+    s_num[threadIdx.x] = num;
+    s_den[threadIdx.x] = den;
+    __syncthreads();
+    if (threadIdx.x < d) {
+        float M = -INFINITY;
+        for (int k = 0; k < groups; ++k) M = fmaxf(M, s_m[k * d + ch]);
+        float n = 0.f, dn = 0.f;
+        if (M != -INFINITY) {
+            for (int k = 0; k < groups; ++k) {
+                const float w = exp2f(s_m[k * d + ch] - M);
+                n = fmaf(w, s_num[k * d + ch], n);
+                dn = fmaf(w, s_den[k * d + ch], dn);
             }
         }
-        out[qh * d + ch] = den > 0.f ? num / den : 0.f;
+        out[qh * d + ch] = dn > 0.f ? n / dn : 0.f;
     }
 }
 
+// One-head decode blocks keep <= 64 registers (8 resident blocks an SM, as before the in-kernel
+// merge added its epilogue): the bytes in flight of long dense rows depend on it.
+#define ATT_MIN_BLOCKS(GB, PREFILL) (((GB) == 1 && !(PREFILL)) ? 8 : 1)
 #define ATTN_INSTANCE(NAME, T, GB, PREFILL)                                                         \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                      \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS, ATT_MIN_BLOCKS(GB, PREFILL))         \
     NAME(const float* q, const T* kv, const int* ip, const int* ix, const int* ll, const int* qo,  \
          float* out, float* po, float* pl, AttnParams p) {                                          \
         grid_dependency_sync();                                                                     \

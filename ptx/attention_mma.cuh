@@ -6,9 +6,11 @@
 // Math: for the G = num_qo_heads / num_kv_heads query heads h of KV head g (2 <= G <= 8) and the
 // tokens of one table row (PerSequence or PerKvHead rows, so the G heads share the row):
 //   out[h] = softmax(q[h] . K^T * sm_scale) . V,
-// base-2 online softmax (q pre-scaled by sm_scale * log2 e), f32 accumulation, split-K exactly
-// as attention.cuh (block y takes tokens [y * chunk_tokens, ...), writes (o / l, m + log2 l) to
-// scratch when there are several splits; merge_splits combines them).
+// base-2 online softmax (q pre-scaled by sm_scale * log2 e), f32 accumulation, split-K as
+// attention.cuh (block y takes tokens [y * chunk_tokens, ...), writes (o / l, m + log2 l) to
+// scratch when there are several splits), except that the splits are merged here, by the last
+// block of each (query, KV head) to finish (merge_splits_if_last in attention.cuh), not by a
+// merge_splits launch: that launch cost ~5 us per decode under PDL, the in-kernel merge ~3.
 //
 // Layout assumed: NHD pages [num_pages, 2, 16, num_kv_heads, 128] of f16 or bf16, page_size 16,
 // head_dim 128; q and out f32 [batch, num_qo_heads, 128]; chunk_tokens a multiple of 16.
@@ -219,11 +221,14 @@ __device__ void attention_mma_kernel(const float* q, const T* kv, const int* ind
             if (ch == 0) part_lse[qh * p.num_splits + blockIdx.y] = L > 0.f ? M + log2f(L) : -INFINITY;
         }
     }
+    if (p.num_splits > 1)
+        merge_splits_if_last<MMA_WARPS * 32, 8>(part_o, part_lse, out, p.tickets, qi * p.num_qo_heads + kvh * G, G,
+                                             p.num_splits, MMA_HD, &s_o[0][0][0]);
 }
 
 // Same parameter list as ATTN_INSTANCE (qo unused), so the host launches both the same way.
 #define ATTN_MMA_INSTANCE(NAME, T, NT)                                                               \
-    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)                                    \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32, 3 - NT)  /* n1: 2 blocks an SM */  \
     NAME(const float* q, const T* kv, const int* ip, const int* ix, const int* ll, const int* qo,  \
          float* out, float* po, float* pl, AttnParams p) {                                          \
         grid_dependency_sync();                                                                     \

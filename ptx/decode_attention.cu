@@ -20,7 +20,7 @@ ATTN_MMA_INSTANCE(decode_mma_f16_n2, f16_t, 2)
 ATTN_MMA_INSTANCE(decode_mma_bf16_n1, bf16_t, 1)
 ATTN_MMA_INSTANCE(decode_mma_bf16_n2, bf16_t, 2)
 
-extern "C" __global__ void merge_splits(const float* po, const float* pl, float* out, int splits, int d) {
+extern "C" __global__ void __launch_bounds__(MERGE_THREADS) merge_splits(const float* po, const float* pl, float* out, int splits, int d) {
     grid_dependency_sync();
     merge_splits_impl(po, pl, out, splits, d);
 }

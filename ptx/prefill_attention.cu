@@ -17,7 +17,7 @@ PREFILL_ALL(f16_t, f16)
 PREFILL_ALL(bf16_t, bf16)
 PREFILL_ALL(float, f32)
 
-extern "C" __global__ void merge_splits(const float* po, const float* pl, float* out, int splits, int d) {
+extern "C" __global__ void __launch_bounds__(MERGE_THREADS) merge_splits(const float* po, const float* pl, float* out, int splits, int d) {
     grid_dependency_sync();
     merge_splits_impl(po, pl, out, splits, d);
 }

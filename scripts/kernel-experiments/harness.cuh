@@ -24,6 +24,22 @@ __global__ void flush_read(const float4* p, size_t n, float* out) {
     if (s == 12345.678f) out[0] = s;
 }
 
+// Launches kernel `k` as the product does on sm_90: with programmatic dependent launch (the
+// next kernel's blocks may be placed while this one runs; every ptx/ kernel waits for its
+// predecessor with griddepcontrol.wait), unless `pdl` is false.
+template <typename... P, typename... A>
+void launch_k(bool pdl, void (*k)(P...), dim3 grid, dim3 block, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    CK(cudaLaunchKernelEx(&cfg, k, static_cast<P>(args)...));
+}
+
 // Median time in microseconds of `run(i)` over `runs` timed repetitions after `warm` untimed ones
 // (i counts them all: rotate input copies with it), each preceded by flush_read over `n4` float4s
 // of `flush` with `blocks` blocks; every time is divided by `per` (ops queued by one run).
@@ -48,4 +64,28 @@ double median_us(Run run, int warm, int runs, const float4* flush, size_t n4, fl
     CK(cudaEventDestroy(b));
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
+}
+
+// The split-K merge before 2026-11-23 (one thread per channel walks every split twice, 8 loads
+// in flight), kept for A/B against merge_splits in ptx/attention.cuh: launch <<<rows, 128>>>.
+// Needs grid_dependency_sync (ptx/common.cuh) included first.
+__global__ void merge_splits_serial(const float* part_o, const float* part_lse, float* out, int splits, int d) {
+    grid_dependency_sync();
+    size_t qh = blockIdx.x;
+    const float* lse = part_lse + qh * splits;
+    float M = -INFINITY;
+#pragma unroll 8
+    for (int s = 0; s < splits; ++s) M = fmaxf(M, lse[s]);
+    for (int ch = threadIdx.x; ch < d; ch += blockDim.x) {
+        float num = 0.f, den = 0.f;
+        if (M != -INFINITY) {
+#pragma unroll 8
+            for (int s = 0; s < splits; ++s) {
+                float w = exp2f(lse[s] - M);
+                den += w;
+                num += w * part_o[(qh * splits + s) * d + ch];
+            }
+        }
+        out[qh * d + ch] = den > 0.f ? num / den : 0.f;
+    }
 }

@@ -261,3 +261,29 @@ fn out_of_range_page_ids_are_skipped() {
         run_case::<bf16>(g, &case, 9100 + i as u64, true);
     }
 }
+
+/// Threads sharing one backend (one stream) each run split-K decodes whose scratch needs grow
+/// from thread to thread and call to call: one thread's decode must never land between another's
+/// decode and merge, nor run on a scratch area another call freed to grow it. Every result is
+/// checked against the f64 reference as above. (Before the scratch lock covered the whole
+/// decode + merge, this failed under `compute-sanitizer --tool memcheck`: out-of-bounds writes
+/// to a freed scratch area, wrong rows.)
+#[test]
+fn threads_sharing_a_backend_keep_their_split_k_partials() {
+    let Some(g) = cuda() else { return };
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            s.spawn(move || {
+                for i in 0..4usize {
+                    let case = Case {
+                        group: [1, 4][(t + i) % 2],
+                        kv_heads: 2,
+                        lens: vec![1000 + 700 * (4 * i + t), 33],
+                        rows: TableRows::PerSequence,
+                    };
+                    run_case::<f16>(g, &case, 9500 + (10 * t + i) as u64, false);
+                }
+            });
+        }
+    });
+}

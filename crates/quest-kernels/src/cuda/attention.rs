@@ -20,6 +20,16 @@ const TOKENS_PER_STEP_PER_TEAM: usize = 2; // ATT_U in ptx/attention.cuh
 /// per warp step, so a block step is 8 pages.
 const MMA_THREADS: u32 = 8 * 32;
 const MMA_STEP_TOKENS: usize = 8 * 16;
+/// The tensor-core kernel's smallest split on rows of at least `MMA_LONG_ROW_TOKENS`: at 8K
+/// tokens (8 KV heads) 512-token chunks (16 splits) beat 256 (32 splits), 22.3 against 23.2 us,
+/// and longer rows already use larger chunks. Shorter rows (Quest's selections) keep 128-token
+/// chunks: 512 would leave a 2048-token budget 4 splits a KV head, 32 blocks (19.2 against
+/// 15.2 us). docs/kernels.md.
+const MMA_MIN_CHUNK: usize = 512;
+const MMA_LONG_ROW_TOKENS: usize = 8192;
+/// Threads of a `merge_splits` block (`MERGE_THREADS` in `ptx/attention.cuh`): at least head_dim
+/// (at most 256, `check_head_dim`).
+const MERGE_THREADS: u32 = 256;
 /// Rows up to this many tokens give every query head its own block (GB = 1): for short rows
 /// (Quest's selections) parallelism beats reading a KV page once per group (L2 catches most
 /// re-reads). Measured on the H100, docs/kernels.md.
@@ -41,8 +51,11 @@ struct AttnParams {
     chunk_tokens: i32,
     num_splits: i32,
     scale_log2: f32,
+    /// Device pointer to one zeroed `int` per grid row: the tensor-core kernel's split tickets
+    /// (0 when unused). `repr(C)` pads before it to 8 bytes, as C does.
+    tickets: u64,
 }
-// SAFETY: #[repr(C)] of i32/f32 fields only, the same layout as `AttnParams` in ptx/attention.cuh.
+// SAFETY: #[repr(C)] of i32/f32/u64 fields only, the same layout as `AttnParams` in ptx/attention.cuh.
 unsafe impl DeviceRepr for AttnParams {}
 
 /// Query heads per block: the smallest instantiated chunk holding the GQA group (8 at most),
@@ -151,20 +164,32 @@ fn launch<T: Half>(
     let target = be.num_sms() as usize * resident;
     let max_len = l.max_len.max(1);
     let want_splits = target.div_ceil(units).max(1);
+    let min_chunk = if mma.is_some() && l.max_len >= MMA_LONG_ROW_TOKENS {
+        MMA_MIN_CHUNK
+    } else {
+        128
+    };
     let mut chunk = max_len
         .div_ceil(want_splits)
-        .max(128)
+        .max(min_chunk)
         .next_multiple_of(step);
     chunk = chunk.max(max_len.div_ceil(65535)).next_multiple_of(step);
     let splits = max_len.div_ceil(chunk);
-    let (part_o, part_lse) = if splits > 1 {
+    // Held until the launches below are queued (see `CudaBackend::scratch`). Decode kernels
+    // merge their splits themselves (`merge_splits_if_last`, ptx/attention.cuh) and take one
+    // ticket per grid row; prefill launches `merge_splits` after the kernel.
+    let merge_in_kernel = l.family == Family::Decode;
+    let scratch = if splits > 1 {
         let o_len = l.num_queries * hq * splits * d;
         let lse_len = l.num_queries * hq * splits;
-        let base = be.scratch(op, (o_len + lse_len) * 4)?;
-        (base, base + (o_len * 4) as u64)
+        let tickets = if merge_in_kernel { units } else { 0 };
+        Some((be.scratch(op, (o_len + lse_len) * 4, tickets)?, o_len))
     } else {
-        (0, 0)
+        None
     };
+    let (part_o, part_lse, tickets) = scratch.as_ref().map_or((0, 0, 0), |(s, o_len)| {
+        (s.ptr, s.ptr + (o_len * 4) as u64, s.tickets)
+    });
     let ps = layout.page_size;
     let p = AttnParams {
         num_queries: i32_of(op, "queries", l.num_queries)?,
@@ -188,6 +213,7 @@ fn launch<T: Half>(
         chunk_tokens: i32_of(op, "chunk", chunk)?,
         num_splits: splits as i32,
         scale_log2: shape.sm_scale * std::f32::consts::LOG2_E,
+        tickets,
     };
     let (qp, ip, xp, lp, op_ptr) = (
         l.q.ptr(),
@@ -219,14 +245,14 @@ fn launch<T: Half>(
     // AttnParams)`. Shapes were checked by the caller; the scratch holds queries * heads * splits
     // partials; page ids and lengths are clamped in the kernel.
     unsafe { b.launch(cfg) }.map_err(|e| cuda_err(op, e))?;
-    if splits > 1 {
+    if splits > 1 && !merge_in_kernel {
         let m = be.func(op, l.family, "merge_splits")?;
         let (s, di) = (splits as i32, d as i32);
         let mut b = be.launch_builder(&m);
         b.arg(&part_o).arg(&part_lse).arg(&op_ptr).arg(&s).arg(&di);
         let cfg = LaunchConfig {
             grid_dim: ((l.num_queries * hq) as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (MERGE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: matches `merge_splits(const float*, const float*, float*, int, int)`; every

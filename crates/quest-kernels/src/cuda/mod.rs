@@ -73,10 +73,24 @@ struct Inner {
     pdl: bool,
     modules: Mutex<HashMap<Family, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
-    /// Split-K partial results, reused across calls (one stream orders all uses).
-    scratch: Mutex<Option<CudaSlice<u8>>>,
+    /// Split-K partial results and tickets, reused across calls (`CudaBackend::scratch`).
+    scratch: Mutex<ScratchArea>,
     /// The branch (`Backend::branch_begin`), `branch.rs`.
     branch: Branch,
+}
+
+/// Split-K partials and the tensor-core decode's tickets (zero between launches).
+#[derive(Default)]
+struct ScratchArea {
+    partials: Option<CudaSlice<u8>>,
+    tickets: Option<CudaSlice<u8>>,
+}
+
+/// The backend's scratch area, held (locked) by one op while it queues the launches that use it.
+pub(crate) struct Scratch<'a> {
+    pub(crate) ptr: u64,
+    pub(crate) tickets: u64,
+    _held: std::sync::MutexGuard<'a, ScratchArea>,
 }
 
 /// The CUDA backend: one device, one stream; every op is queued on that stream.
@@ -131,7 +145,7 @@ impl CudaBackend {
                 pdl,
                 modules: Mutex::new(HashMap::new()),
                 functions: Mutex::new(HashMap::new()),
-                scratch: Mutex::new(None),
+                scratch: Mutex::new(ScratchArea::default()),
                 branch,
             }),
         })
@@ -214,23 +228,53 @@ impl CudaBackend {
         Ok(f)
     }
 
-    /// A device scratch area of at least `bytes`, reused across calls.
-    pub(crate) fn scratch(&self, op: &'static str, bytes: usize) -> Result<u64> {
+    /// A device scratch area of at least `bytes`, and `tickets` zeroed `int`s (the tensor-core
+    /// decode's split counters, which each launch leaves zero again), reused across calls. Both
+    /// are the caller's until the returned guard drops: keep it alive until every launch that
+    /// uses them is queued. Stream order then keeps those launches ahead of the next holder's
+    /// (and of the free when a later call needs more room), even when several threads share
+    /// this backend: without the lock, another thread's split-K decode could land between this
+    /// one's decode and merge, or free the area under it.
+    pub(crate) fn scratch(
+        &self,
+        op: &'static str,
+        bytes: usize,
+        tickets: usize,
+    ) -> Result<Scratch<'_>> {
         let mut s = self.inner.scratch.lock().unwrap_or_else(|p| p.into_inner());
-        if s.as_ref().is_none_or(|m| m.len() < bytes) {
-            *s = None; // free first: the old area is stream-ordered behind earlier kernels
+        let area = &mut *s;
+        let partials = self.grown(op, &mut area.partials, bytes)?;
+        let tickets = if tickets > 0 {
+            self.grown(op, &mut area.tickets, tickets * 4)?
+        } else {
+            0
+        };
+        Ok(Scratch {
+            ptr: partials,
+            tickets,
+            _held: s,
+        })
+    }
+
+    /// `slot`'s device pointer after growing it (zeroed) to at least `bytes`.
+    fn grown(
+        &self,
+        op: &'static str,
+        slot: &mut Option<CudaSlice<u8>>,
+        bytes: usize,
+    ) -> Result<u64> {
+        if slot.as_ref().is_none_or(|m| m.len() < bytes) {
+            *slot = None; // free first: the old area is stream-ordered behind earlier kernels
             let m = self
                 .stream()
                 .alloc_zeros::<u8>(bytes.max(256))
                 .map_err(|e| cuda_err(op, e))?;
-            *s = Some(m);
+            *slot = Some(m);
             self.order_branch_after_main(op)?;
         }
-        let m = s
-            .as_ref()
-            .ok_or_else(|| cuda_err(op, "scratch allocation vanished"))?;
-        let (p, _guard) = m.device_ptr(self.stream());
-        Ok(p)
+        slot.as_ref()
+            .map(|m| m.device_ptr(self.stream()).0)
+            .ok_or_else(|| cuda_err(op, "scratch allocation vanished"))
     }
 
     fn wrap<T: Elem>(
