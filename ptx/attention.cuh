@@ -19,8 +19,9 @@
 //     unnormalised acc per head, rescaled once per step of U tokens.
 //   - Split-K (flash-decoding): the row's tokens are cut into chunks of chunk_tokens; block x
 //     takes chunk y. With one chunk the block writes out; otherwise it writes (o / l,
-//     m + log2 l) to scratch and merge_splits combines them: out = sum_s 2^(lse_s - M) o_s /
-//     sum_s 2^(lse_s - M).
+//     m + log2 l) to scratch, and the splits are combined as out = sum_s 2^(lse_s - M) o_s /
+//     sum_s 2^(lse_s - M): in decode by the row's last block to finish (merge_splits_if_last,
+//     p.tickets set), in prefill by a merge_splits launch.
 //   - Prefill reuses the kernel: query token i of a sequence with n queries and L cached tokens
 //     reads the first L - n + i + 1 tokens of its row (causality), which is the decode row cut
 //     short. Keys are tiled by the token steps with online softmax, so no L x L matrix exists.
