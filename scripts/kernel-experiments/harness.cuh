@@ -1,6 +1,7 @@
 // Shared by the variant harnesses here: an error check and an L2 flush that leaves L2 full of
 // clean lines (a read, as a decode step's weight stream does), so the timed kernel reads from DRAM.
 #pragma once
+#include <cuda_fp16.h>
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +23,15 @@ __global__ void flush_read(const float4* p, size_t n, float* out) {
         s += v.x + v.w;
     }
     if (s == 12345.678f) out[0] = s;
+}
+
+// Pseudo-random f16 in [-1, 1).
+__global__ void fillh(__half* p, size_t n, unsigned seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned h = (unsigned)i * 2654435761u ^ seed;
+        h ^= h >> 13; h *= 0x5bd1e995; h ^= h >> 15;
+        p[i] = __float2half(((h & 0xffff) / 65536.f) * 2.f - 1.f);
+    }
 }
 
 // Launches kernel `k` as the product does on sm_90: with programmatic dependent launch (the

@@ -22,14 +22,6 @@
 #define MMA_MIN_CHUNK 512  // as the host (crates/quest-kernels/src/cuda/attention.rs)
 #endif
 
-__global__ void fillh(__half* p, size_t n, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 13; h *= 0x5bd1e995; h ^= h >> 15;
-        p[i] = __float2half(((h & 0xffff) / 65536.f) * 2.f - 1.f);
-    }
-}
-
 int main() {
     float* flush; CK(cudaMalloc(&flush, 512 << 20)); CK(cudaMemset(flush, 0, 512 << 20));
     float* fo; CK(cudaMalloc(&fo, 4096));

@@ -21,14 +21,6 @@
 #endif
 
 
-__global__ void fillh(__half* p, size_t n, unsigned seed) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned h = (unsigned)i * 2654435761u ^ seed;
-        h ^= h >> 13; h *= 0x5bd1e995; h ^= h >> 15;
-        p[i] = __float2half(((h & 0xffff) / 65536.f) * 2.f - 1.f);
-    }
-}
-
 // Thread t reads 16-byte units t, t + T, t + 2T, t + 3T (T = all threads) of the gathered stream;
 // unit u lies in chunk u / per_chunk, at chunk id ids[...] of the source (ids null: unit u).
 __global__ void gather(const uint4* src, const int* ids, size_t units, int per_chunk, float* out) {
