@@ -7,6 +7,7 @@
 // Build: nvcc -O3 -std=c++17 -arch=sm_90 -I../../ptx -DVARIANT='"name"' mma_variants.cu
 #include "decode_attention.cu"
 #include "harness.cuh"
+#include "merge_serial.cuh"
 
 #ifndef PDL
 #define PDL true  // -DPDL=false: plain launches

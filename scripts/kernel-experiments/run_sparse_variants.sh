@@ -5,7 +5,7 @@
 # page layout ([num_pages, 2, num_kv_heads, page_size, head_dim]) in a scratch copy of ptx/;
 # the splits are merged in the kernel (as committed) except in u2_no_merge (no merge at all,
 # timing only), u2_separate_merge (a merge_splits launch) and u2_old_merge (the serial merge
-# kernel of harness.cuh, the committed one before 2026-11-23). The clN variants (the N splits of a
+# kernel of merge_serial.cuh, the committed one before 2026-11-23). The clN variants (the N splits of a
 # row as one thread-block cluster, merged through distributed shared memory) need the kernel
 # change in docs/results/2026-11-23d/cluster-merge-attempt.patch.
 # Usage: run_sparse_variants.sh [variant...]   (default: all, and the read-rate table first)

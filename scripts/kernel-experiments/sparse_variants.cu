@@ -7,10 +7,11 @@
 // 2. decode: PerQoHead rows of `budget` tokens on random distinct pages of a `ctx`-token cache,
 //    32 query heads = 32 KV heads, as Quest's step launches them (split-K sized to one wave, the
 //    splits merged in the kernel; -DSEPARATE_MERGE / -DOLD_MERGE: a merge_splits /
-//    merge_splits_serial launch instead; -DNO_MERGE: none, timing only).
+//    merge_splits_serial (merge_serial.cuh) launch instead; -DNO_MERGE: none, timing only).
 // Build: nvcc -O3 -std=c++17 -arch=sm_90 -I<ptx dir> -DVARIANT='"name"' sparse_variants.cu
 #include "decode_attention.cu"
 #include "harness.cuh"
+#include "merge_serial.cuh"
 
 #ifndef PDL
 #define PDL true  // -DPDL=false: plain launches
