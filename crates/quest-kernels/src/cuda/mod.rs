@@ -79,7 +79,7 @@ struct Inner {
     branch: Branch,
 }
 
-/// Split-K partials and the tensor-core decode's tickets (zero between launches).
+/// Split-K partials and the decode kernels' merge tickets (zero between launches).
 #[derive(Default)]
 struct ScratchArea {
     partials: Option<CudaSlice<u8>>,
@@ -228,8 +228,8 @@ impl CudaBackend {
         Ok(f)
     }
 
-    /// A device scratch area of at least `bytes`, and `tickets` zeroed `int`s (the tensor-core
-    /// decode's split counters, which each launch leaves zero again), reused across calls. Both
+    /// A device scratch area of at least `bytes`, and `tickets` zeroed `int`s (the decode
+    /// kernels' split counters, which each launch leaves zero again), reused across calls. Both
     /// are the caller's until the returned guard drops: keep it alive until every launch that
     /// uses them is queued. Stream order then keeps those launches ahead of the next holder's
     /// (and of the free when a later call needs more room), even when several threads share
