@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Variance of the dense 32/8 rows: FlashInfer and quest (run K's kernels) alternated 3 times in one call.
+# Kept as it ran: from the repo root as .dev/v1/run.sh (an ignored folder holding run K's `quest`,
+# xz-packed), with `carry [".dev/v1", ".whl"]`; from this folder its paths would not resolve.
 set -u
 D=.dev/v1
 cd "$(dirname "$0")/../.."
