@@ -175,13 +175,10 @@ __device__ __forceinline__ uint32_t page_key(const float* scores, int start, int
 // Defaults from the H100 runs of scripts/kernel-experiments/topk_variants.cu (32 rows of 2047
 // candidates, L2-resident scores): one shared atomic per key + early stop 11.0 us, against 13.4 us
 // with warp-aggregated increments and four full passes; 8191 candidates 16.4 against 22.1 us.
-#ifndef TOPK_AGG  // 1: warp-aggregated histogram increments (__match_any_sync); 0: one atomic each
-#define TOPK_AGG 0
-#endif
 #ifndef TOPK_EARLY  // 1: stop the radix passes once every key of the chosen digit wins
 #define TOPK_EARLY 1
 #endif
-#define TOPK_CAP 8192  // candidate keys cached in shared memory (32 KB); longer rows re-read
+#define TOPK_REG 8  // candidate keys a thread holds in registers (8192 a row at 1024 threads)
 #define MASS_CAP 1024  // winners the adaptive kernel sorts in shared memory (checked on the host)
 
 // Exclusive prefix sums of (a, b) over the block in thread order, totals in *ta, *tb.
@@ -245,14 +242,15 @@ __device__ __forceinline__ float block_exclusive_scan_f(float v, float* sh) {
 }
 
 // MASS = false: select_top_pages, the plain top-k. MASS = true: select_top_pages_mass, the
-// adaptive budget (see the header comment). Shared memory: 34 KB, + 13.3 KB with MASS.
-template <bool MASS>
+// adaptive budget (see the header comment). REG: the row's candidates fit TOPK_REG a thread and
+// are held in registers; otherwise every pass re-reads (and re-sums) them from global memory.
+// Shared memory: 2.3 KB, + 13.3 KB with MASS.
+template <bool MASS, bool REG>
 __device__ __forceinline__ void select_top_pages_impl(
         const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
         const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
         unsigned long long* kept, SelectParams p) {
-    __shared__ uint32_t s_keys[TOPK_CAP];
-    __shared__ int hist[256];
+    __shared__ int hist[2][256];
     __shared__ int scan_sh[66];
     __shared__ uint32_t s_prefix;
     __shared__ int s_remaining;
@@ -282,62 +280,51 @@ __device__ __forceinline__ void select_top_pages_impl(
         if (MASS && kept != nullptr && tid == 0) atomicAdd(kept, 1ull);
         return;
     }
-    const bool cached = cand <= TOPK_CAP;
-    if (cached) {
-        // Keys once into shared memory, 8 loads in flight per thread (group sums in ascending
-        // head order, the CPU's order, so the sums are bit-identical).
-        for (int j0 = 0; j0 < cand; j0 += nt * 8) {
-            float acc[8];
+    // Each thread owns a contiguous run of candidates [j_lo, j_lo + mine), in table order.
+    const int per = (cand + nt - 1) / nt;
+    const int j_lo = min(tid * per, cand), mine = min(j_lo + per, cand) - j_lo;
+    uint32_t kr[REG ? TOPK_REG : 1];
+    if constexpr (REG) {
+        // Keys once into registers, all loads in flight (group sums in ascending head order, the
+        // CPU's order, so the sums are bit-identical).
+        float acc[TOPK_REG];
 #pragma unroll
-            for (int u = 0; u < 8; ++u) acc[u] = -0.f;
-            for (int hh = 0; hh < p.group; ++hh) {
-                const float* sp = scores + (size_t)(head * p.group + hh) * p.nnz + start;
+        for (int u = 0; u < TOPK_REG; ++u) acc[u] = -0.f;
+        for (int hh = 0; hh < p.group; ++hh) {
+            const float* sp = scores + (size_t)(head * p.group + hh) * p.nnz + start + j_lo;
 #pragma unroll
-                for (int u = 0; u < 8; ++u) {
-                    int j = j0 + u * nt + tid;
-                    if (j < cand) acc[u] += sp[j];
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < 8; ++u) {
-                int j = j0 + u * nt + tid;
-                if (j < cand) s_keys[j] = score_key(acc[u]);
-            }
+            for (int u = 0; u < TOPK_REG; ++u)
+                if (u < mine) acc[u] += sp[u];
         }
+#pragma unroll
+        for (int u = 0; u < TOPK_REG; ++u) kr[u] = score_key(acc[u]);
     }
-    auto key = [&](int j) -> uint32_t { return cached ? s_keys[j] : page_key(scores, start, j, p, head); };
+    // The key of this thread's u-th candidate.
+    auto key = [&](int u) -> uint32_t {
+        if constexpr (REG) return kr[u];
+        else return page_key(scores, start, j_lo + u, p, head);
+    };
+    // Loops over this thread's candidates: unrolled over registers, or a plain loop.
+#define FOR_MINE(u) _Pragma("unroll") for (int u = 0; u < (REG ? TOPK_REG : mine); ++u) if (!REG || u < mine)
     // Every candidate wins when the row is within the budget (adaptive rows only): threshold 0,
     // no bit fixed, so every key compares equal to it.
     if (tid == 0) { s_prefix = 0; s_remaining = MASS && want == cand ? cand : want; s_done = 0; }
+    for (int i = tid; i < 256; i += nt) hist[0][i] = 0;
     __syncthreads();
     uint32_t fixed = 0;  // the bits of the threshold key known so far
-    // Radix select of the want-th largest key, one 8-bit digit per pass from the top.
+    // Radix select of the want-th largest key, one 8-bit digit per pass from the top. Pass p
+    // counts into hist[p & 1] and clears the other one, which the previous pass's digit search
+    // finished reading before the barrier that ended it.
     const int lane = tid & 31;
     for (int pass = 0; pass < 4 && (!MASS || want < cand); ++pass) {
         const int shift = 24 - 8 * pass;
         const uint32_t mask_hi = pass == 0 ? 0u : (0xffffffffu << (shift + 8));
-        for (int i = tid; i < 256; i += nt) hist[i] = 0;
-        __syncthreads();
+        int* const h = hist[pass & 1];
+        for (int i = tid; i < 256; i += nt) hist[(pass + 1) & 1][i] = 0;
         const uint32_t prefix = s_prefix;
-        for (int j0 = 0; j0 < cand; j0 += nt) {  // uniform trip count: __match_any_sync below
-            int j = j0 + tid;
-            bool in = false;
-            uint32_t dg = 0;
-            if (j < cand) {
-                uint32_t k = key(j);
-                in = (k & mask_hi) == prefix;
-                dg = (k >> shift) & 255u;
-            }
-            // Warp-aggregated increments: one atomic per distinct digit in the warp.
-#if TOPK_AGG
-            unsigned active = __ballot_sync(0xffffffffu, in);
-            if (in) {
-                unsigned same = __match_any_sync(active, dg);
-                if (lane == __ffs(same) - 1) atomicAdd(&hist[dg], __popc(same));
-            }
-#else
-            if (in) atomicAdd(&hist[dg], 1);
-#endif
+        FOR_MINE(u) {
+            const uint32_t k = key(u);
+            if ((k & mask_hi) == prefix) atomicAdd(&h[(k >> shift) & 255u], 1);
         }
         __syncthreads();
         if (tid < 32) {
@@ -345,7 +332,7 @@ __device__ __forceinline__ void select_top_pages_impl(
             // holding the rem-th largest key.
             int c[8], tot = 0;
 #pragma unroll
-            for (int i = 0; i < 8; ++i) { c[i] = hist[8 * lane + i]; tot += c[i]; }
+            for (int i = 0; i < 8; ++i) { c[i] = h[8 * lane + i]; tot += c[i]; }
             int suf = tot;  // keys in lanes >= lane
 #pragma unroll
             for (int o = 1; o < 32; o <<= 1) {
@@ -374,20 +361,18 @@ __device__ __forceinline__ void select_top_pages_impl(
     // equal the threshold's wins (need_eq of them).
     const uint32_t thresh = s_prefix;
     const int need_eq = s_remaining;  // how many keys equal to thresh still win
-    // Compaction in page order: each thread a contiguous run; one scan of (above, equal) counts.
-    const int per = (cand + nt - 1) / nt;
-    const int j_lo = min(tid * per, cand), j_hi = min(j_lo + per, cand);
+    // Compaction in page order: one scan of each thread's (above, equal) counts.
     int n_above = 0, n_eq = 0;
-    for (int j = j_lo; j < j_hi; ++j) {
-        uint32_t k = key(j) & fixed;
+    FOR_MINE(u) {
+        const uint32_t k = key(u) & fixed;
         n_above += k > thresh;
         n_eq += k == thresh;
     }
     int t_above, t_eq;
     int2 before = block_exclusive_scan2(n_above, n_eq, scan_sh, &t_above, &t_eq);
     int above = before.x, eq = before.y;
-    for (int j = j_lo; j < j_hi; ++j) {
-        const uint32_t full = key(j);  // the adaptive sort needs the whole key
+    FOR_MINE(u) {
+        const uint32_t full = key(u);  // the adaptive sort needs the whole key
         const uint32_t k = full & fixed;
         int slot = -1;
         if (k > thresh) {
@@ -398,23 +383,24 @@ __device__ __forceinline__ void select_top_pages_impl(
             ++eq;
         }
         if (slot >= 0) {
-            if (MASS) {
+            const int page = in_indices[start + j_lo + u];
+            if constexpr (MASS) {
                 s_sort[slot] = ((unsigned long long)full << 32) | (uint32_t)~slot;
-                s_wpage[slot] = in_indices[start + j];
+                s_wpage[slot] = page;
             } else {
-                out_indices[dst + slot] = in_indices[start + j];
+                out_indices[dst + slot] = page;
             }
         }
     }
-    if (!MASS) return;
+    if constexpr (!MASS) return;
 
     // ---- adaptive budget ----
     // s_max: the largest finite key of all candidates; total: their non-forced mass.
     if (tid == 0) s_kmax = 0u;
     __syncthreads();
     uint32_t kmax = 0u;
-    for (int j = tid; j < cand; j += nt) {
-        uint32_t k = key(j);
+    FOR_MINE(u) {
+        const uint32_t k = key(u);
         if (k > KEY_NEG_INF && k < KEY_POS_INF) kmax = max(kmax, k);
     }
     kmax = __reduce_max_sync(0xffffffffu, kmax);
@@ -428,11 +414,12 @@ __device__ __forceinline__ void select_top_pages_impl(
     const float s_max = any_finite ? key_score(s_kmax) : 0.f;
     float part = 0.f;
     if (any_finite) {
-        for (int j = tid; j < cand; j += nt) {
-            uint32_t k = key(j);
+        FOR_MINE(u) {
+            const uint32_t k = key(u);
             if (k > KEY_NEG_INF && k < KEY_POS_INF) part += expf(p.scale * (key_score(k) - s_max));
         }
     }
+#undef FOR_MINE
     const float total = block_sum(part, s_red);
     // Bitonic sort of the winners, descending: best key first, earlier slot (page) on ties.
     for (int k2 = 2; k2 <= sort_n; k2 <<= 1) {
@@ -476,13 +463,29 @@ __device__ __forceinline__ void select_top_pages_impl(
     if (kept != nullptr && tid == 0) atomicAdd(kept, (unsigned long long)count + 1ull);
 }
 
+// Rows of up to TOPK_REG x blockDim.x candidates keep their keys in registers.
+template <bool MASS>
+__device__ __forceinline__ void select_top_pages_row(
+        const float* scores, const int* in_indptr, const int* in_indices, const int* in_last,
+        const int* out_indptr, int* out_indices, int* out_last, unsigned long long* kept,
+        SelectParams p) {
+    const int b = blockIdx.x / p.heads;
+    const int cand = in_indptr[b + 1] - in_indptr[b] - 1;
+    if (cand <= TOPK_REG * (int)blockDim.x)
+        select_top_pages_impl<MASS, true>(scores, in_indptr, in_indices, in_last, out_indptr,
+                                          out_indices, out_last, kept, p);
+    else
+        select_top_pages_impl<MASS, false>(scores, in_indptr, in_indices, in_last, out_indptr,
+                                           out_indices, out_last, kept, p);
+}
+
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
 select_top_pages(const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
                  const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
                  unsigned long long* kept, SelectParams p) {
     grid_dependency_sync();
-    select_top_pages_impl<false>(scores, in_indptr, in_indices, in_last, out_indptr, out_indices,
-                                 out_last, kept, p);
+    select_top_pages_row<false>(scores, in_indptr, in_indices, in_last, out_indptr, out_indices,
+                                out_last, kept, p);
 }
 
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
@@ -490,8 +493,8 @@ select_top_pages_mass(const float* __restrict__ scores, const int* in_indptr, co
                       const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
                       unsigned long long* kept, SelectParams p) {
     grid_dependency_sync();
-    select_top_pages_impl<true>(scores, in_indptr, in_indices, in_last, out_indptr, out_indices,
-                                out_last, kept, p);
+    select_top_pages_row<true>(scores, in_indptr, in_indices, in_last, out_indptr, out_indices,
+                               out_last, kept, p);
 }
 
 // force_pages: sets scores[h, j] = +inf for every query head h and, in each sequence row b of n

@@ -36,7 +36,11 @@ static int run(int hq, int hkv, int n, int budget, unsigned seed) {
     for (auto& s : scores) {
         float a = 0.f;
         for (int i = 0; i < 4; ++i) a += (float)rand() / RAND_MAX;
+#ifdef QUEST_LIKE  // positive scores of one magnitude, as Quest's estimate gives on random K/V
+        s = 150.f + 10.f * a;
+#else
         s = a - 2.f;
+#endif
     }
     std::vector<int> pages(n);
     std::iota(pages.begin(), pages.end(), 0);
