@@ -13,14 +13,15 @@
 // select_top_pages: per (sequence b, head row), keys key_j = score of page j (PerQoHead) or the sum
 //   over the group's query heads in ascending order (PerKvHead, the CPU's order, so the sums are
 //   bit-identical), for every page but the row's last. The budget - 1 best pages win: best score
-//   first, NaN below everything, the earlier page on ties (-0.0 ties +0.0). Scores map to
-//   order-preserving u32 keys, read once into shared memory (rows up to TOPK_CAP candidates;
-//   longer rows re-read them from global memory); a radix select of up to 4 passes (8-bit digits,
-//   shared-memory histograms, one warp finds each digit with a suffix-sum shuffle; it stops early
-//   once every key of the chosen digit wins) finds the threshold key, compared on the bits fixed
-//   so far. Pages above it win, and of the pages equal to it the
-//   earliest ones: each thread takes a contiguous run of pages, one block scan of its (above,
-//   equal) counts gives every winner's slot, above_before + min(equal_before, still_needed).
+//   first, NaN below everything, the earlier page on ties (-0.0 ties +0.0). Each thread owns a
+//   contiguous run of candidates; their scores map to order-preserving u32 keys read once into
+//   registers (rows up to TOPK_REG x 1024 candidates; longer rows re-read them from global memory
+//   on every pass); a radix select of up to 4 passes (8-bit digits, double-buffered shared-memory
+//   histograms, one warp finds each digit with a suffix-sum shuffle; it stops early once every
+//   key of the chosen digit wins) finds the threshold key, compared on the bits fixed so far.
+//   Pages above it win, and of the pages equal to it the earliest ones: one block scan of each
+//   thread's (above, equal) counts gives every winner's slot,
+//   above_before + min(equal_before, still_needed).
 //   Winners are written in table order, the last page after them. One block of 1024 threads per
 //   output row; rows with at most budget pages are copied. grid (batch * heads).
 // select_top_pages_mass (the adaptive budget, `SelectOptions::mass = p < 1`): the same top-k
@@ -172,9 +173,9 @@ __device__ __forceinline__ uint32_t page_key(const float* scores, int start, int
 #ifndef TOPK_THREADS  // variants: scripts/kernel-experiments/topk_variants.cu
 #define TOPK_THREADS 1024
 #endif
-// Defaults from the H100 runs of scripts/kernel-experiments/topk_variants.cu (32 rows of 2047
-// candidates, L2-resident scores): one shared atomic per key + early stop 11.0 us, against 13.4 us
-// with warp-aggregated increments and four full passes; 8191 candidates 16.4 against 22.1 us.
+// From the H100 runs of scripts/kernel-experiments/topk_variants.cu (32 rows, L2-resident
+// scores): the early stop, 2047 candidates 13.4 -> 11.0 us; keys in registers instead of shared
+// memory, 8191 candidates 17.8 -> 13.3 us in `quest bench kernels` (docs/kernels.md).
 #ifndef TOPK_EARLY  // 1: stop the radix passes once every key of the chosen digit wins
 #define TOPK_EARLY 1
 #endif
