@@ -243,10 +243,10 @@ __device__ __forceinline__ float block_exclusive_scan_f(float v, float* sh) {
 }
 
 // MASS = false: select_top_pages, the plain top-k. MASS = true: select_top_pages_mass, the
-// adaptive budget (see the header comment). REG: the row's candidates fit TOPK_REG a thread and
-// are held in registers; otherwise every pass re-reads (and re-sums) them from global memory.
+// adaptive budget (see the header comment). NREG > 0: the row's candidates fit NREG a thread and
+// are held in registers; NREG = 0: every pass re-reads (and re-sums) them from global memory.
 // Shared memory: 2.3 KB, + 13.3 KB with MASS.
-template <bool MASS, bool REG>
+template <bool MASS, int NREG>
 __device__ __forceinline__ void select_top_pages_impl(
         const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
         const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
@@ -284,21 +284,22 @@ __device__ __forceinline__ void select_top_pages_impl(
     // Each thread owns a contiguous run of candidates [j_lo, j_lo + mine), in table order.
     const int per = (cand + nt - 1) / nt;
     const int j_lo = min(tid * per, cand), mine = min(j_lo + per, cand) - j_lo;
-    uint32_t kr[REG ? TOPK_REG : 1];
+    constexpr bool REG = NREG > 0;
+    uint32_t kr[REG ? NREG : 1];
     if constexpr (REG) {
         // Keys once into registers, all loads in flight (group sums in ascending head order, the
         // CPU's order, so the sums are bit-identical).
-        float acc[TOPK_REG];
+        float acc[NREG];
 #pragma unroll
-        for (int u = 0; u < TOPK_REG; ++u) acc[u] = -0.f;
+        for (int u = 0; u < NREG; ++u) acc[u] = -0.f;
         for (int hh = 0; hh < p.group; ++hh) {
             const float* sp = scores + (size_t)(head * p.group + hh) * p.nnz + start + j_lo;
 #pragma unroll
-            for (int u = 0; u < TOPK_REG; ++u)
+            for (int u = 0; u < NREG; ++u)
                 if (u < mine) acc[u] += sp[u];
         }
 #pragma unroll
-        for (int u = 0; u < TOPK_REG; ++u) kr[u] = score_key(acc[u]);
+        for (int u = 0; u < NREG; ++u) kr[u] = score_key(acc[u]);
     }
     // The key of this thread's u-th candidate.
     auto key = [&](int u) -> uint32_t {
@@ -306,7 +307,7 @@ __device__ __forceinline__ void select_top_pages_impl(
         else return page_key(scores, start, j_lo + u, p, head);
     };
     // Loops over this thread's candidates: unrolled over registers, or a plain loop.
-#define FOR_MINE(u) _Pragma("unroll") for (int u = 0; u < (REG ? TOPK_REG : mine); ++u) if (!REG || u < mine)
+#define FOR_MINE(u) _Pragma("unroll") for (int u = 0; u < (REG ? NREG : mine); ++u) if (!REG || u < mine)
     // Every candidate wins when the row is within the budget (adaptive rows only): threshold 0,
     // no bit fixed, so every key compares equal to it.
     if (tid == 0) { s_prefix = 0; s_remaining = MASS && want == cand ? cand : want; s_done = 0; }
@@ -473,10 +474,10 @@ __device__ __forceinline__ void select_top_pages_row(
     const int b = blockIdx.x / p.heads;
     const int cand = in_indptr[b + 1] - in_indptr[b] - 1;
     if (cand <= TOPK_REG * (int)blockDim.x)
-        select_top_pages_impl<MASS, true>(scores, in_indptr, in_indices, in_last, out_indptr,
+        select_top_pages_impl<MASS, TOPK_REG>(scores, in_indptr, in_indices, in_last, out_indptr,
                                           out_indices, out_last, kept, p);
     else
-        select_top_pages_impl<MASS, false>(scores, in_indptr, in_indices, in_last, out_indptr,
+        select_top_pages_impl<MASS, 0>(scores, in_indptr, in_indices, in_last, out_indptr,
                                            out_indices, out_last, kept, p);
 }
 
