@@ -127,8 +127,6 @@ __global__ void __launch_bounds__(256) est8_pipe(const float* __restrict__ q, co
     cp_async_wait<0>();
 }
 
-static unsigned nxt(unsigned& s) { return s = s * 1664525u + 1013904223u; }
-static float frand(unsigned& s) { return ((nxt(s) >> 8) & 0xffff) / 65536.f * 2.f - 1.f; }
 
 int main() {
     int sms = 0;
@@ -146,35 +144,13 @@ int main() {
             const size_t clen = (size_t)num_pages * 2 * hkv * d, plen = (size_t)num_pages * hkv * 4;
             std::vector<uint8_t> hc(clen);
             std::vector<float> hp(plen), hqv(hq * d);
-            unsigned seed = 7u + hkv + n;
-            for (auto& c : hc) c = (uint8_t)(nxt(seed) >> 24);
-            for (size_t i = 0; i < plen; i += 4) {
-                hp[i] = frand(seed);
-                hp[i + 1] = 0.01f * (frand(seed) + 1.1f);
-                hp[i + 2] = -1.f + 0.1f * frand(seed);
-                hp[i + 3] = 0.01f * (frand(seed) + 1.1f);
-            }
-            for (auto& x : hqv) x = frand(seed);
-            uint8_t* dc;
-            float *dpar, *dq, *ds, *ds_ref;
+            random_int8_bounds(7u + hkv + n, hc, hp, hqv);
+            uint8_t* dc = upload(hc);
+            float *dpar = upload(hp), *dq = upload(hqv), *ds, *ds_ref;
             int *dip, *dix[C];
-            CK(cudaMalloc(&dc, clen));
-            CK(cudaMemcpy(dc, hc.data(), clen, cudaMemcpyHostToDevice));
-            CK(cudaMalloc(&dpar, plen * 4));
-            CK(cudaMemcpy(dpar, hp.data(), plen * 4, cudaMemcpyHostToDevice));
-            CK(cudaMalloc(&dq, hq * d * 4));
-            CK(cudaMemcpy(dq, hqv.data(), hq * d * 4, cudaMemcpyHostToDevice));
             CK(cudaMalloc(&ds, (size_t)hq * n * 4));
             CK(cudaMalloc(&ds_ref, (size_t)hq * n * 4));
-            std::vector<int> ip = {0, n};
-            CK(cudaMalloc(&dip, 8));
-            CK(cudaMemcpy(dip, ip.data(), 8, cudaMemcpyHostToDevice));
-            for (int c = 0; c < C; ++c) {
-                std::vector<int> ix(n);
-                for (int j = 0; j < n; ++j) ix[j] = c * n + j;
-                CK(cudaMalloc(&dix[c], n * 4));
-                CK(cudaMemcpy(dix[c], ix.data(), n * 4, cudaMemcpyHostToDevice));
-            }
+            rotated_tables(n, C, dix, &dip);
             const int heads = group == 1 ? 1 : group == 2 ? 2 : 4;
             const int slices = (group + heads - 1) / heads;
             Int8EstimateParams p{1, hq, hkv, d, n, num_pages, slices};

@@ -23,11 +23,6 @@
 #define GRID_PER_SM EST_MIN_BLOCKS
 #endif
 
-static float frand(unsigned& s) {
-    s = s * 1664525u + 1013904223u;
-    return ((s >> 8) & 0xffff) / 65536.f * 2.f - 1.f;
-}
-
 int main() {
     int sms = 0;
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
@@ -49,20 +44,10 @@ int main() {
             __half* db;
             float *dq, *ds;
             int *dip, *dix[C];
-            CK(cudaMalloc(&db, blen * 2));
-            CK(cudaMemcpy(db, hb.data(), blen * 2, cudaMemcpyHostToDevice));
-            CK(cudaMalloc(&dq, hq * d * 4));
-            CK(cudaMemcpy(dq, hqv.data(), hq * d * 4, cudaMemcpyHostToDevice));
+            db = upload(hb);
+            dq = upload(hqv);
             CK(cudaMalloc(&ds, (size_t)hq * n * 4));
-            std::vector<int> ip = {0, n};
-            CK(cudaMalloc(&dip, 8));
-            CK(cudaMemcpy(dip, ip.data(), 8, cudaMemcpyHostToDevice));
-            for (int c = 0; c < C; ++c) {
-                std::vector<int> ix(n);
-                for (int j = 0; j < n; ++j) ix[j] = c * n + j;
-                CK(cudaMalloc(&dix[c], n * 4));
-                CK(cudaMemcpy(dix[c], ix.data(), n * 4, cudaMemcpyHostToDevice));
-            }
+            rotated_tables(n, C, dix, &dip);
             EstimateParams p{1, hq, hkv, d, n, num_pages};
             const long long threads = (long long)((n + EST_PPT - 1) / EST_PPT) * hkv * (d / 8);
             long long blocks = (threads + 255) / 256;

@@ -121,8 +121,6 @@ decode_when_ready(const float* q, const f16_t* kv, const int* ip, const int* ix,
     attention_kernel<f16_t, 1, false>(q, kv, ip, ix, ll, nullptr, out, po, pl, p);
 }
 
-static unsigned nxt(unsigned& s) { return s = s * 1664525u + 1013904223u; }
-static float frand(unsigned& s) { return ((nxt(s) >> 8) & 0xffff) / 65536.f * 2.f - 1.f; }
 
 int main() {
     int sms = 0;
