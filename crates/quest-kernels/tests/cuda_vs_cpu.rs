@@ -472,13 +472,13 @@ fn long_contexts_split_k_and_gqa() {
 /// Top-k with heavy exact ties (scores on a coarse grid): ties must go to the earlier page on
 /// both backends, for both row kinds, and the sum over a GQA group must rank identically. The
 /// last cases have rows longer than the kernel keeps in registers (8192 candidates), which
-/// re-read their scores from global memory on every pass.
+/// re-read their scores from global memory on every pass, and rows right at that limit.
 #[test]
 fn top_k_ties_match_exactly() {
     let Some(g) = cuda() else { return };
     let c = CpuBackend;
     let mut r = rng(42);
-    for case in 0..36 {
+    for case in 0..38 {
         let (hkv, group) = (r.random_range(1..4usize), r.random_range(1..4usize));
         let hq = hkv * group;
         let batch = r.random_range(1..4usize);
@@ -495,10 +495,11 @@ fn top_k_ties_match_exactly() {
         };
         let mut table = PageTable::new();
         for _ in 0..batch {
-            let n = if case < 30 {
-                r.random_range(1..3000usize)
-            } else {
-                r.random_range(7000..20000usize)
+            let n = match case {
+                0..30 => r.random_range(1..3000usize),
+                30..36 => r.random_range(7000..20000usize),
+                // 8192 and 8193 candidates (the last page is not one): registers, then global.
+                _ => [8193, 8194][case - 36],
             };
             let pages: Vec<i32> = (0..n).map(|_| r.random_range(0..5000)).collect();
             table.push_row(&pages, r.random_range(1..=16));
