@@ -247,11 +247,12 @@ __device__ __forceinline__ float block_exclusive_scan_f(float v, float* sh) {
 // are held in registers; NREG = 0: every pass re-reads (and re-sums) them from global memory.
 // Shared memory: 2.3 KB, + 13.3 KB with MASS, per instance (both NREG instances are inlined into
 // each kernel: ptxas reports 4.6 KB for select_top_pages, 31.5 KB for select_top_pages_mass).
+// The row's sequence b has table entries [start, end) (read once by select_top_pages_row).
 template <bool MASS, int NREG>
 __device__ __forceinline__ void select_top_pages_impl(
-        const float* __restrict__ scores, const int* in_indptr, const int* in_indices,
-        const int* in_last, const int* out_indptr, int* out_indices, int* out_last,
-        unsigned long long* kept, SelectParams p) {
+        const float* __restrict__ scores, const int* in_indices, const int* in_last,
+        const int* out_indptr, int* out_indices, int* out_last, unsigned long long* kept,
+        SelectParams p, int b, int start, int end) {
     __shared__ int hist[2][256];
     __shared__ int scan_sh[66];
     __shared__ uint32_t s_prefix;
@@ -265,9 +266,8 @@ __device__ __forceinline__ void select_top_pages_impl(
     __shared__ float s_red[MASS ? 32 : 1];
     __shared__ uint32_t s_kmax;
     const int nt = blockDim.x, tid = threadIdx.x;
-    int row = blockIdx.x, b = row / p.heads, head = row % p.heads;
-    int start = in_indptr[b], end = in_indptr[b + 1], n = end - start;
-    int dst = out_indptr[row];
+    const int row = blockIdx.x, head = row % p.heads, n = end - start;
+    const int dst = out_indptr[row];
     if (tid == 0) out_last[row] = in_last[b];
     const int slots = min(n, p.budget);
     if (n <= p.budget && (!MASS || n <= 1)) {
@@ -472,14 +472,14 @@ __device__ __forceinline__ void select_top_pages_row(
         const float* scores, const int* in_indptr, const int* in_indices, const int* in_last,
         const int* out_indptr, int* out_indices, int* out_last, unsigned long long* kept,
         SelectParams p) {
-    const int b = blockIdx.x / p.heads;
-    const int cand = in_indptr[b + 1] - in_indptr[b] - 1;
-    if (cand <= TOPK_REG * (int)blockDim.x)
-        select_top_pages_impl<MASS, TOPK_REG>(scores, in_indptr, in_indices, in_last, out_indptr,
-                                          out_indices, out_last, kept, p);
+    const int b = (int)blockIdx.x / p.heads;
+    const int start = in_indptr[b], end = in_indptr[b + 1];
+    if (end - start - 1 <= TOPK_REG * (int)blockDim.x)
+        select_top_pages_impl<MASS, TOPK_REG>(scores, in_indices, in_last, out_indptr, out_indices,
+                                              out_last, kept, p, b, start, end);
     else
-        select_top_pages_impl<MASS, 0>(scores, in_indptr, in_indices, in_last, out_indptr,
-                                           out_indices, out_last, kept, p);
+        select_top_pages_impl<MASS, 0>(scores, in_indices, in_last, out_indptr, out_indices,
+                                       out_last, kept, p, b, start, end);
 }
 
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)

@@ -104,8 +104,9 @@ topk_when_ready(const float* __restrict__ scores, const int* in_indptr, const in
     if (threadIdx.x == 0)
         while (ld_acquire(&done[blockIdx.x]) < target) __nanosleep(256);
     __syncthreads();
-    select_top_pages_impl<false, 32>(scores, in_indptr, in_indices, in_last, out_indptr, out_indices, out_last,
-                                     nullptr, p);
+    const int start = in_indptr[0], end = in_indptr[1];  // batch 1
+    select_top_pages_impl<false, 32>(scores, in_indices, in_last, out_indptr, out_indices, out_last, nullptr, p, 0,
+                                     start, end);
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) st_release(&ready[blockIdx.x], epoch);
