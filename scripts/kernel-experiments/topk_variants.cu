@@ -1,7 +1,8 @@
 // Standalone harness for select_top_pages (ptx/select.cu) under compile-time variants:
 // TOPK_EARLY (stop the radix passes once the chosen digit's keys all win); QUEST_LIKE draws
 // positive scores of one magnitude (as the estimate gives on random K/V) instead of a bell
-// around zero. (TOPK_THREADS is fixed at 1024 now: a row's keys sit 8 a thread in registers.)
+// around zero. (TOPK_THREADS below 1024 still works, but a row's keys sit 8 a thread in
+// registers, so rows over 8 x TOPK_THREADS candidates take the global-memory path.)
 //
 // Rows as the model launches them for one layer: PerKvHead with 32 KV heads (group 1) and with
 // 8 KV heads (group 4, keys summed over 4 query heads), one sequence of n pages, budgets of 128
