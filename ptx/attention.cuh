@@ -51,6 +51,36 @@ struct AttnParams {
     int* tickets;
 };
 
+// The online log-sum-exp merge of both split merges: folds U partials (base-2 lse ls[u], output
+// o[u], a float or a float4 of channels) into a running max m, denominator den and numerator num.
+// Partials with lse -inf weigh 0; the rescale factor is 0 while m is -inf (num and den are 0 then).
+__device__ __forceinline__ void scale_in_place(float& v, float a) { v *= a; }
+__device__ __forceinline__ void scale_in_place(float4& v, float a) {
+    v.x *= a; v.y *= a; v.z *= a; v.w *= a;
+}
+__device__ __forceinline__ void add_weighted(float& acc, float w, float o) { acc = fmaf(w, o, acc); }
+__device__ __forceinline__ void add_weighted(float4& acc, float w, float4 o) {
+    acc.x = fmaf(w, o.x, acc.x); acc.y = fmaf(w, o.y, acc.y);
+    acc.z = fmaf(w, o.z, acc.z); acc.w = fmaf(w, o.w, acc.w);
+}
+template <int U, typename V>
+__device__ __forceinline__ void lse_fold(float& m, float& den, V& num, const float (&ls)[U], const V (&o)[U]) {
+    float mx = m;
+#pragma unroll
+    for (int u = 0; u < U; ++u) mx = fmaxf(mx, ls[u]);
+    if (mx == -INFINITY) return;
+    const float a = exp2f(m - mx);
+    den *= a;
+    scale_in_place(num, a);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const float w = exp2f(ls[u] - mx);
+        den += w;
+        add_weighted(num, w, o[u]);
+    }
+    m = mx;
+}
+
 // In-kernel split merge (decode with p.tickets set): the last split block of a grid row to
 // finish merges the row's splits, so no merge_splits launch follows (that launch cost ~5 us a
 // decode under PDL: grid drain, release, a short kernel's ramp and tail). Every block fences its
@@ -87,20 +117,7 @@ __device__ void merge_splits_if_last(const float* part_o, const float* part_lse,
                 o[u] = sp < splits ? __ldcg(reinterpret_cast<const float4*>(part_o + r * d) + c4)
                                    : make_float4(0.f, 0.f, 0.f, 0.f);
             }
-            float mx = m;
-#pragma unroll
-            for (int u = 0; u < U; ++u) mx = fmaxf(mx, ls[u]);
-            if (mx == -INFINITY) continue;
-            const float a = exp2f(m - mx);
-            den *= a; num.x *= a; num.y *= a; num.z *= a; num.w *= a;
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const float w = exp2f(ls[u] - mx);
-                den += w;
-                num.x = fmaf(w, o[u].x, num.x); num.y = fmaf(w, o[u].y, num.y);
-                num.z = fmaf(w, o[u].z, num.z); num.w = fmaf(w, o[u].w, num.w);
-            }
-            m = mx;
+            lse_fold<U>(m, den, num, ls, o);
         }
         float* mine = red + t * 6;
         mine[0] = m; mine[1] = den; mine[2] = num.x; mine[3] = num.y; mine[4] = num.z; mine[5] = num.w;
@@ -315,20 +332,7 @@ __device__ void merge_splits_impl(const float* part_o, const float* part_lse, fl
                 ls[u] = s < splits ? part_lse[qh * splits + s] : -INFINITY;
                 o[u] = s < splits ? part_o[(qh * splits + s) * d + ch] : 0.f;
             }
-            float mx = m;
-#pragma unroll
-            for (int u = 0; u < MERGE_U; ++u) mx = fmaxf(mx, ls[u]);
-            if (mx == -INFINITY) continue;
-            const float a = exp2f(m - mx);  // 0 while m is -inf (num and den are 0 then)
-            num *= a;
-            den *= a;
-#pragma unroll
-            for (int u = 0; u < MERGE_U; ++u) {
-                const float w = exp2f(ls[u] - mx);
-                num = fmaf(w, o[u], num);
-                den += w;
-            }
-            m = mx;
+            lse_fold<MERGE_U>(m, den, num, ls, o);
         }
     }
     s_m[threadIdx.x] = m;
