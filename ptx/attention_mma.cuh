@@ -221,7 +221,7 @@ __device__ void attention_mma_kernel(const float* q, const T* kv, const int* ind
             if (ch == 0) part_lse[qh * p.num_splits + blockIdx.y] = L > 0.f ? M + log2f(L) : -INFINITY;
         }
     }
-    if (p.num_splits > 1)
+    if (p.num_splits > 1)  // decode only: the host always passes tickets when there are splits
         merge_splits_if_last<MMA_WARPS * 32, 8>(part_o, part_lse, out, p.tickets, qi * p.num_qo_heads + kvh * G, G,
                                              p.num_splits, MMA_HD, &s_o[0][0][0]);
 }

@@ -52,7 +52,8 @@ struct AttnParams {
     num_splits: i32,
     scale_log2: f32,
     /// Device pointer to one zeroed `int` per grid row: the decode kernels' split tickets for
-    /// the in-kernel merge (0 in prefill, which launches `merge_splits`). `repr(C)` pads before it to 8 bytes, as C does.
+    /// the in-kernel merge (0 in prefill, which launches `merge_splits`). `repr(C)` pads before
+    /// it to 8 bytes, as C does.
     tickets: u64,
 }
 // SAFETY: #[repr(C)] of i32/f32/u64 fields only, the same layout as `AttnParams` in ptx/attention.cuh.
