@@ -15,10 +15,12 @@
 //   bit-identical), for every page but the row's last. The budget - 1 best pages win: best score
 //   first, NaN below everything, the earlier page on ties (-0.0 ties +0.0). Each thread owns a
 //   contiguous run of candidates; their scores map to order-preserving u32 keys read once into
-//   registers (rows up to TOPK_REG x 1024 candidates; longer rows re-read them from global memory
-//   on every pass); a radix select of up to 4 passes (8-bit digits, double-buffered shared-memory
-//   histograms, one warp finds each digit with a suffix-sum shuffle; it stops early once every
-//   key of the chosen digit wins) finds the threshold key, compared on the bits fixed so far.
+//   registers (rows up to TOPK_REG x 1024 candidates) or into dynamic shared memory (longer rows,
+//   up to p.key_cap, what the launch's size holds); rows longer still re-read them from global
+//   memory on every pass. A radix select of up to 4 passes (8-bit digits, double-buffered
+//   shared-memory histograms, one warp finds each digit with a suffix-sum shuffle; it stops early
+//   once every key of the chosen digit wins) finds the threshold key, compared on the bits fixed
+//   so far.
 //   Pages above it win, and of the pages equal to it the earliest ones: one block scan of each
 //   thread's (above, equal) counts gives every winner's slot,
 //   above_before + min(equal_before, still_needed).
@@ -146,6 +148,7 @@ struct SelectParams {
     int num_qo_heads, heads, group, nnz, budget;
     float mass;   // adaptive budget threshold p < 1 (select_top_pages_mass only)
     float scale;  // sm_scale / group: a page's mass is exp(scale * (s - s_max))
+    int key_cap;  // candidates a row may hold in dynamic shared memory (the launch's size)
 };
 
 // Order-preserving key: larger score -> larger key; NaN -> 0 (below -inf); -0.0 == +0.0.
@@ -162,6 +165,9 @@ __device__ __forceinline__ float key_score(uint32_t k) {
 }
 #define KEY_POS_INF 0xff800000u  // score_key(+inf): a page forced by force_pages
 #define KEY_NEG_INF 0x007fffffu  // score_key(-inf); finite scores lie strictly between the two
+
+// A shared-memory key's word: one word of padding every 32 (the host's key_words counts them).
+__device__ __forceinline__ int key_skew(int j) { return j + (j >> 5); }
 
 __device__ __forceinline__ uint32_t page_key(const float* scores, int start, int j, SelectParams p,
                                              int head) {
@@ -242,29 +248,45 @@ __device__ __forceinline__ float block_exclusive_scan_f(float v, float* sh) {
     return before;
 }
 
+// The top-k's static shared memory: 2.3 KB, + 13.3 KB with MASS (the adaptive budget's winners
+// as (key << 32 | ~slot) sort keys, their pages by slot (table order), which of them are kept,
+// the largest finite key, scan and reduction space).
+template <bool MASS>
+struct TopkShared {
+    int hist[2][256];
+    int scan_sh[66];
+    uint32_t prefix;
+    int remaining;
+    int done;
+    uint32_t kmax;
+    unsigned long long sort[MASS ? MASS_CAP : 1];
+    int wpage[MASS ? MASS_CAP : 1];
+    unsigned char flag[MASS ? MASS_CAP : 1];
+    float red[MASS ? 32 : 1];
+};
+
 // MASS = false: select_top_pages, the plain top-k. MASS = true: select_top_pages_mass, the
-// adaptive budget (see the header comment). NREG > 0: the row's candidates fit NREG a thread and
-// are held in registers; NREG = 0: every pass re-reads (and re-sums) them from global memory.
-// Shared memory: 2.3 KB, + 13.3 KB with MASS, per instance (both NREG instances are inlined into
-// each kernel: ptxas reports 4.6 KB for select_top_pages, 31.5 KB for select_top_pages_mass).
-// The row's sequence b has table entries [start, end) (read once by select_top_pages_row).
+// adaptive budget (see the header comment). Where the row's candidate keys live: NREG > 0, NREG
+// a thread in registers; NREG = 0, in the launch's dynamic shared memory (key_skew: one word of
+// padding every 32, so a warp's contiguous runs fall in different banks); NREG = -1 (rows over
+// p.key_cap), nowhere: every pass re-reads (and re-sums) them from global memory.
+// The row's sequence b has table entries [start, end) (read once by select_top_pages_row),
+// `sh` is the block's (one for all three NREG instances).
 template <bool MASS, int NREG>
 __device__ __forceinline__ void select_top_pages_impl(
         const float* __restrict__ scores, const int* in_indices, const int* in_last,
         const int* out_indptr, int* out_indices, int* out_last, unsigned long long* kept,
-        SelectParams p, int b, int start, int end) {
-    __shared__ int hist[2][256];
-    __shared__ int scan_sh[66];
-    __shared__ uint32_t s_prefix;
-    __shared__ int s_remaining;
-    __shared__ int s_done;
-    // Adaptive budget: the winners as (key << 32 | ~slot) sort keys, their pages by slot (table
-    // order), which of them are kept, the largest finite key, scan and reduction space.
-    __shared__ unsigned long long s_sort[MASS ? MASS_CAP : 1];
-    __shared__ int s_wpage[MASS ? MASS_CAP : 1];
-    __shared__ unsigned char s_flag[MASS ? MASS_CAP : 1];
-    __shared__ float s_red[MASS ? 32 : 1];
-    __shared__ uint32_t s_kmax;
+        SelectParams p, int b, int start, int end, TopkShared<MASS>& sh) {
+    auto& hist = sh.hist;
+    auto& scan_sh = sh.scan_sh;
+    auto& s_prefix = sh.prefix;
+    auto& s_remaining = sh.remaining;
+    auto& s_done = sh.done;
+    auto& s_sort = sh.sort;
+    auto& s_wpage = sh.wpage;
+    auto& s_flag = sh.flag;
+    auto& s_red = sh.red;
+    auto& s_kmax = sh.kmax;
     const int nt = blockDim.x, tid = threadIdx.x;
     const int row = blockIdx.x, head = row % p.heads, n = end - start;
     const int dst = out_indptr[row];
@@ -285,8 +307,9 @@ __device__ __forceinline__ void select_top_pages_impl(
     // Each thread owns a contiguous run of candidates [j_lo, j_lo + mine), in table order.
     const int per = (cand + nt - 1) / nt;
     const int j_lo = min(tid * per, cand), mine = min(j_lo + per, cand) - j_lo;
-    constexpr bool REG = NREG > 0;
+    constexpr bool REG = NREG > 0, SMEM = NREG == 0;
     uint32_t kr[REG ? NREG : 1];
+    extern __shared__ uint32_t s_keys[];  // NREG = 0: key j at skew(j)
     if constexpr (REG) {
         // Keys once into registers, all loads in flight (group sums in ascending head order, the
         // CPU's order, so the sums are bit-identical).
@@ -301,10 +324,13 @@ __device__ __forceinline__ void select_top_pages_impl(
         }
 #pragma unroll
         for (int u = 0; u < NREG; ++u) kr[u] = score_key(acc[u]);
+    } else if constexpr (SMEM) {
+        for (int j = tid; j < cand; j += nt) s_keys[key_skew(j)] = page_key(scores, start, j, p, head);
     }
     // The key of this thread's u-th candidate.
     auto key = [&](int u) -> uint32_t {
         if constexpr (REG) return kr[u];
+        else if constexpr (SMEM) return s_keys[key_skew(j_lo + u)];
         else return page_key(scores, start, j_lo + u, p, head);
     };
     // Loops over this thread's candidates: unrolled over registers, or a plain loop.
@@ -466,7 +492,9 @@ __device__ __forceinline__ void select_top_pages_impl(
     if (kept != nullptr && tid == 0) atomicAdd(kept, (unsigned long long)count + 1ull);
 }
 
-// Rows of up to TOPK_REG x blockDim.x candidates keep their keys in registers.
+// Rows of up to TOPK_REG x blockDim.x candidates keep their keys in registers, rows of up to
+// p.key_cap in shared memory (the host sizes the launch for its longest row, up to the device's
+// limit), longer ones nowhere (see select_top_pages_impl).
 template <bool MASS>
 __device__ __forceinline__ void select_top_pages_row(
         const float* scores, const int* in_indptr, const int* in_indices, const int* in_last,
@@ -474,12 +502,17 @@ __device__ __forceinline__ void select_top_pages_row(
         SelectParams p) {
     const int b = (int)blockIdx.x / p.heads;
     const int start = in_indptr[b], end = in_indptr[b + 1];
-    if (end - start - 1 <= TOPK_REG * (int)blockDim.x)
+    __shared__ TopkShared<MASS> sh;
+    const int cand = end - start - 1;
+    if (cand <= TOPK_REG * (int)blockDim.x)
         select_top_pages_impl<MASS, TOPK_REG>(scores, in_indices, in_last, out_indptr, out_indices,
-                                              out_last, kept, p, b, start, end);
-    else
+                                              out_last, kept, p, b, start, end, sh);
+    else if (cand <= p.key_cap)
         select_top_pages_impl<MASS, 0>(scores, in_indices, in_last, out_indptr, out_indices,
-                                       out_last, kept, p, b, start, end);
+                                       out_last, kept, p, b, start, end, sh);
+    else
+        select_top_pages_impl<MASS, -1>(scores, in_indices, in_last, out_indptr, out_indices,
+                                        out_last, kept, p, b, start, end, sh);
 }
 
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)

@@ -105,8 +105,9 @@ topk_when_ready(const float* __restrict__ scores, const int* in_indptr, const in
         while (ld_acquire(&done[blockIdx.x]) < target) __nanosleep(256);
     __syncthreads();
     const int start = in_indptr[0], end = in_indptr[1];  // batch 1
+    __shared__ TopkShared<false> sh;
     select_top_pages_impl<false, 32>(scores, in_indices, in_last, out_indptr, out_indices, out_last, nullptr, p, 0,
-                                     start, end);
+                                     start, end, sh);
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) st_release(&ready[blockIdx.x], epoch);

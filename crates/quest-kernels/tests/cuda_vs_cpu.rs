@@ -478,10 +478,14 @@ fn top_k_ties_match_exactly() {
     let Some(g) = cuda() else { return };
     let c = CpuBackend;
     let mut r = rng(42);
-    for case in 0..38 {
+    for case in 0..40 {
         let (hkv, group) = (r.random_range(1..4usize), r.random_range(1..4usize));
         let hq = hkv * group;
-        let batch = r.random_range(1..4usize);
+        let batch = if case >= 38 {
+            3
+        } else {
+            r.random_range(1..4usize)
+        };
         let layout = quest_kernels::PagedLayout {
             num_pages: 5000,
             page_size: 16,
@@ -494,12 +498,20 @@ fn top_k_ties_match_exactly() {
             sm_scale: 0.125,
         };
         let mut table = PageTable::new();
-        for _ in 0..batch {
+        for row in 0..batch {
             let n = match case {
                 0..30 => r.random_range(1..3000usize),
                 30..36 => r.random_range(7000..20000usize),
-                // 8192 and 8193 candidates (the last page is not one): registers, then global.
-                _ => [8193, 8194][case - 36],
+                // 8192 and 8193 candidates (the last page is not one): registers, then shared
+                // memory.
+                36 | 37 => [8193, 8194][case - 36],
+                // One launch with rows on all three paths: registers, shared memory, and over
+                // the H100's shared-memory key capacity (about 54000), global memory.
+                _ => [
+                    r.random_range(1..3000usize),
+                    r.random_range(9000..20000),
+                    r.random_range(60000..70000),
+                ][row],
             };
             let pages: Vec<i32> = (0..n).map(|_| r.random_range(0..5000)).collect();
             table.push_row(&pages, r.random_range(1..=16));

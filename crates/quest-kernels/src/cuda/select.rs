@@ -1,7 +1,8 @@
 //! Quest's criticality estimate and top-k page selection (`ptx/select.cu`), same checks and the
 //! same (exact) results as [`crate::cpu::select`].
 
-use cudarc::driver::{DeviceRepr, LaunchConfig};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
 
 use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
 use crate::backend::{AttentionShape, DevicePageTable, SelectOptions};
@@ -35,6 +36,9 @@ struct SelectParams {
     mass: f32,
     /// `sm_scale / group`: the mass of a page is `exp(scale * (s - s_max))`.
     scale: f32,
+    /// Candidates a row may keep in the launch's dynamic shared memory (longer rows re-read
+    /// their keys from global memory on every radix pass).
+    key_cap: i32,
 }
 // SAFETY: plain #[repr(C)] 4-byte fields, the same layout as `SelectParams` in ptx/select.cu.
 unsafe impl DeviceRepr for SelectParams {}
@@ -42,6 +46,49 @@ unsafe impl DeviceRepr for SelectParams {}
 /// The most winners (`budget_pages - 1`) a row may have in the adaptive-budget kernel, which sorts
 /// them in shared memory (`MASS_CAP` in ptx/select.cu).
 pub(super) const MASS_CAP: usize = 1024;
+
+/// Candidates a top-k thread holds in registers (`TOPK_REG` in ptx/select.cu) x the block's 1024
+/// threads: longer rows keep their keys in dynamic shared memory.
+const REGISTER_KEYS: usize = 8 * 1024;
+
+/// 32-bit words of shared memory for `cand` keys, one word of padding every 32 (`key_skew` in
+/// ptx/select.cu).
+fn key_words(cand: usize) -> usize {
+    cand + cand / 32 + 1
+}
+
+/// The dynamic shared memory (bytes) and `key_cap` of a top-k launch whose longest row has
+/// `longest` pages: every row's keys if the device allows that much next to the kernel's static
+/// shared memory, otherwise as many as it allows.
+fn key_smem(be: &CudaBackend, f: &CudaFunction, longest: usize) -> Result<(u32, i32)> {
+    const OP: &str = "select_top_pages";
+    let cand = longest.saturating_sub(1);
+    if cand <= REGISTER_KEYS {
+        return Ok((0, 0));
+    }
+    let optin = be
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(|e| cuda_err(OP, e))?;
+    let fixed = f.shared_size_bytes().map_err(|e| cuda_err(OP, e))?;
+    let room_words = (optin - fixed).max(0) as usize / 4;
+    // The longest row, or the most keys that fit (c + c / 32 + 1 <= room for this c).
+    let cap = if key_words(cand) <= room_words {
+        cand
+    } else {
+        room_words.saturating_sub(1) * 32 / 33
+    };
+    if cap <= REGISTER_KEYS {
+        return Ok((0, 0));
+    }
+    let bytes = (key_words(cap) * 4) as i32;
+    f.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes,
+    )
+    .map_err(|e| cuda_err(OP, e))?;
+    Ok((bytes as u32, i32_of(OP, "key_cap", cap)?))
+}
 
 /// The vectorised kernels give each lane 8 channels of a head, a team of `head_dim / 8` lanes
 /// (a power of two up to a warp) per head.
@@ -196,6 +243,7 @@ pub(super) fn select_top_pages(
         budget: i32_of(OP, "budget_pages", budget_pages)?,
         mass: trim.unwrap_or(1.0),
         scale: shape.sm_scale / group as f32,
+        key_cap: 0,
     };
     let name = if trim.is_some() {
         "select_top_pages_mass"
@@ -203,6 +251,8 @@ pub(super) fn select_top_pages(
         "select_top_pages"
     };
     let f = be.func(OP, Family::Select, name)?;
+    let (smem, key_cap) = key_smem(be, &f, longest)?;
+    let p = SelectParams { key_cap, ..p };
     let (sp, ip, xp, lp) = (
         scores.ptr(),
         table.indptr.ptr(),
@@ -228,7 +278,7 @@ pub(super) fn select_top_pages(
     let cfg = LaunchConfig {
         grid_dim: ((batch * heads) as u32, 1, 1),
         block_dim: (1024, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem,
     };
     // SAFETY: matches `select_top_pages[_mass](const float*, const int* x4, int*, int*,
     // unsigned long long*, SelectParams)`; the output rows were checked to be
