@@ -57,14 +57,27 @@ fn check(
         table.indptr.len(),
         ip.len(),
     )?;
-    expect_len(
-        op,
-        "page table last_page_len",
-        table.last_page_len.len(),
-        rows,
-    )?;
-    expect_len(op, "page table indices", table.indices.len(), table.nnz())?;
-    // Same checks and messages as PageTable::validate, on the mirrors, without copying them.
+    // Same checks and messages as PageTable::validate, on the host row structure and the
+    // mirrors, without copying them.
+    if table.last_page_len.len() != rows {
+        return Err(shape_err(
+            op,
+            format!(
+                "page table has {rows} rows but {} last_page_len entries",
+                table.last_page_len.len()
+            ),
+        ));
+    }
+    if table.indices.len() != table.nnz() {
+        return Err(shape_err(
+            op,
+            format!(
+                "page table indptr ends at {} but indices has {} entries",
+                table.nnz(),
+                table.indices.len()
+            ),
+        ));
+    }
     if let Some(last) = &table.last_page_len.mirror {
         for (r, w) in ip.windows(2).enumerate() {
             let l = last[r];
