@@ -267,10 +267,11 @@ pub fn force_pages(
     if table.indptr.first() != Some(&0) || table.indptr.last().copied() != Some(nnz as i32) {
         return Err(shape_err(OP, "page table indptr does not span its indices"));
     }
+    // Every row is checked before any score is written: a refused call changes nothing.
+    if table.indptr.windows(2).any(|w| w[1] < w[0]) {
+        return Err(shape_err(OP, "page table indptr decreases"));
+    }
     for w in table.indptr.windows(2) {
-        if w[1] < w[0] {
-            return Err(shape_err(OP, "page table indptr decreases"));
-        }
         let (start, n) = (w[0] as usize, (w[1] - w[0]) as usize);
         let last = n.saturating_sub(1);
         let nf = first.min(last);
