@@ -33,12 +33,11 @@ pub(crate) fn check_table_sparse(
     check(op, table, layout, true)
 }
 
-fn check(
-    op: &'static str,
-    table: &DevicePageTable<CudaBackend>,
-    layout: &PagedLayout,
-    empty_slots: bool,
-) -> Result<()> {
+/// The row structure of a device table, from its host copy of indptr: starts at 0, never
+/// decreases, and matches the lengths of the device buffers (indptr, last_page_len, indices).
+/// What every op that walks rows needs before a launch; [`check_table`] adds the page ids and
+/// last-page lengths.
+pub(crate) fn check_rows(op: &'static str, table: &DevicePageTable<CudaBackend>) -> Result<()> {
     use crate::error::expect_len;
     let ip = &table.indptr_host;
     if ip.is_empty() || ip[0] != 0 {
@@ -78,6 +77,17 @@ fn check(
             ),
         ));
     }
+    Ok(())
+}
+
+fn check(
+    op: &'static str,
+    table: &DevicePageTable<CudaBackend>,
+    layout: &PagedLayout,
+    empty_slots: bool,
+) -> Result<()> {
+    check_rows(op, table)?;
+    let ip = &table.indptr_host;
     if let Some(last) = &table.last_page_len.mirror {
         for (r, w) in ip.windows(2).enumerate() {
             let l = last[r];

@@ -26,7 +26,7 @@ pub use timing::CudaTimer;
 
 use branch::Branch;
 use buf::{MIRROR_MAX, as_bytes, as_bytes_mut, check_pod, is_int};
-use checks::{check_table, check_table_sparse, elementwise_grid};
+use checks::{check_rows, check_table, check_table_sparse, elementwise_grid};
 use device::{Family, PtxArch, guarded, probe};
 
 use std::borrow::Cow;

@@ -4,7 +4,7 @@
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
 
-use super::{CudaBackend, CudaBuf, Family, check_table, cuda_err, suffix};
+use super::{CudaBackend, CudaBuf, Family, check_rows, check_table, cuda_err, suffix};
 use crate::backend::{AttentionShape, DevicePageTable, SelectOptions};
 use crate::cpu::select::{check_estimate_io, check_heads};
 use crate::dtype::Half;
@@ -297,6 +297,7 @@ pub(super) fn force_pages(
     recent: usize,
 ) -> Result<()> {
     const OP: &str = "force_pages";
+    check_rows(OP, table)?;
     let nnz = table.nnz();
     expect_len(OP, "scores", scores.len(), num_qo_heads * nnz)?;
     let batch = table.rows();
@@ -321,7 +322,8 @@ pub(super) fn force_pages(
         shared_mem_bytes: 0,
     };
     // SAFETY: matches `force_pages(float*, const int*, int, int, int, int)`; `scores` holds
-    // num_qo_heads * nnz floats and every write is at h * nnz + j with j inside its row.
+    // num_qo_heads * nnz floats and every write is at h * nnz + j with j inside its row, which
+    // check_rows made sure lies in 0..nnz (indptr from 0, never decreasing, ending at nnz).
     unsafe { b.launch(cfg) }.map_err(|e| cuda_err(OP, e))?;
     Ok(())
 }
