@@ -119,6 +119,8 @@ fn broken_tables() -> Vec<(PageTable, &'static [&'static str])> {
 mod attention;
 #[path = "errors/dense.rs"]
 mod dense;
+#[path = "errors/int8.rs"]
+mod int8;
 #[path = "errors/paged.rs"]
 mod paged;
 #[path = "errors/selection.rs"]
@@ -137,6 +139,11 @@ fn paged_writes_refuse_bad_input_and_write_nothing() {
 #[test]
 fn selection_refuses_bad_input() {
     selection::selection_errors(&CpuBackend);
+}
+
+#[test]
+fn int8_bounds_refuse_bad_input() {
+    int8::int8_errors(&CpuBackend);
 }
 
 #[test]
@@ -194,6 +201,13 @@ mod on_cuda {
     fn attention_refuses_bad_input() {
         if let Some(g) = cuda() {
             attention::attention_errors(g);
+        }
+    }
+
+    #[test]
+    fn int8_bounds_refuse_bad_input() {
+        if let Some(g) = cuda() {
+            int8::int8_errors(g);
         }
     }
 }

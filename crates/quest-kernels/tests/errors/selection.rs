@@ -1,5 +1,5 @@
-//! Bad input to Quest's selection (estimate_pages, select_top_pages): each call is refused with
-//! an error that names the op and the problem.
+//! Bad input to Quest's selection (estimate_pages, force_pages, select_top_pages): each call is
+//! refused with an error that names the op and the problem.
 
 use super::*;
 
@@ -185,4 +185,44 @@ pub(super) fn selection_errors<B: Backend>(b: &B) {
             needles,
         );
     }
+
+    // force_pages: scores must be [num_qo_heads, nnz] of the table, whose rows must span its
+    // indices; a refused call leaves the scores unchanged.
+    let fp = "force_pages";
+    let s0 = poison(4 * nnz);
+    let mut forced = up(b, &s0);
+    expect_err(
+        b.force_pages(&mut up(b, &poison(4 * nnz + 1)), 4, &table, 1, 1),
+        fp,
+        &["scores has 13", "expected 12"],
+    );
+    expect_err(
+        b.force_pages(&mut forced, 3, &table, 1, 1),
+        fp,
+        &["scores has 12", "expected 9"],
+    );
+    let rows = |indptr: &[i32], last: &[i32]| PageTable {
+        indptr: indptr.to_vec(),
+        indices: vec![3, 1, 5],
+        last_page_len: last.to_vec(),
+    };
+    for bad in [
+        rows(&[1, 2, 3], &[2, 4]),
+        rows(&[0, 2, 1, 3], &[2, 4, 1]),
+        rows(&[0, 2, 4], &[2, 4]),
+        // Ends at nnz but a row runs past it: unchecked, it would write past the scores.
+        rows(&[0, 5, 3], &[2, 4]),
+    ] {
+        expect_err(
+            b.force_pages(&mut forced, 4, &raw_table(b, &bad), 1, 1),
+            fp,
+            &["indptr"],
+        );
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&down(b, &forced)),
+        bits(&s0),
+        "a refused force_pages wrote scores"
+    );
 }
