@@ -90,6 +90,11 @@ impl SelectOptions {
 
 /// A page table resident on a backend, with its row structure (`indptr`) also kept on the host so
 /// launches can be sized without a device round trip.
+///
+/// The fields are public for tests and tools; `indptr_host` must equal the contents of
+/// `indptr`. The ops check every table's rows on the host copy before they launch, so a device
+/// `indptr` changed behind it (through [`Backend::write`], say) is not caught. Build tables with
+/// [`DevicePageTable::upload`] or [`DevicePageTable::for_selection`], which keep the two equal.
 pub struct DevicePageTable<B: Backend> {
     pub indptr_host: Vec<i32>,
     pub indptr: B::Buf<i32>,

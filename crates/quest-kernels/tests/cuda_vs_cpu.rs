@@ -471,13 +471,16 @@ fn long_contexts_split_k_and_gqa() {
 
 /// Top-k with heavy exact ties (scores on a coarse grid): ties must go to the earlier page on
 /// both backends, for both row kinds, and the sum over a GQA group must rank identically. The
-/// last cases have rows longer than the kernel keeps in registers (8192 candidates), which
-/// re-read their scores from global memory on every pass, and rows right at that limit.
+/// last cases have rows longer than the kernel keeps in registers (8192 candidates), which keep
+/// their keys in shared memory up to the device's capacity and re-read global memory past it,
+/// with rows right at both limits.
 #[test]
 fn top_k_ties_match_exactly() {
     let Some(g) = cuda() else { return };
     let c = CpuBackend;
     let mut r = rng(42);
+    let cap = g.top_k_shared_key_capacity(false).unwrap();
+    eprintln!("top-k shared-memory key capacity: {cap} candidates");
     for case in 0..40 {
         let (hkv, group) = (r.random_range(1..4usize), r.random_range(1..4usize));
         let hq = hkv * group;
@@ -506,12 +509,14 @@ fn top_k_ties_match_exactly() {
                 // memory.
                 36 | 37 => [8193, 8194][case - 36],
                 // One launch with rows on all three paths: registers, shared memory, and over
-                // the H100's shared-memory key capacity (about 54000), global memory.
-                _ => [
+                // the shared-memory key capacity (55780 candidates on the H100), global memory.
+                38 => [
                     r.random_range(1..3000usize),
                     r.random_range(9000..20000),
-                    r.random_range(60000..70000),
+                    r.random_range(cap + 2..cap + 9000),
                 ][row],
+                // Exactly `cap` candidates (the buffer full to its last word) and one more.
+                _ => [r.random_range(1..3000usize), cap + 1, cap + 2][row],
             };
             let pages: Vec<i32> = (0..n).map(|_| r.random_range(0..5000)).collect();
             table.push_row(&pages, r.random_range(1..=16));

@@ -51,25 +51,38 @@ fn select<B: Backend>(
     (host, down(b, &kept)[0] - 11)
 }
 
-/// CPU and CUDA adaptive selections on random rows of up to 3000 pages, in every tenth case of
-/// 8000–9000 or 57000–60000 (the kernel keeps up to 8192 candidates in registers, longer rows in
-/// shared memory, and re-reads rows over about 52000 from global memory on the H100: every path
-/// runs), budgets up to 1025 pages (the kernel's sort limit), p from 0.05 to 0.99, ties, NaN/±inf
-/// and forced pages.
+/// CPU and CUDA adaptive selections on random rows of up to 3000 pages; every tenth case has
+/// rows of 8000–9000 pages (the kernel keeps up to 8192 candidates in registers, longer rows in
+/// shared memory), every twentieth also rows past the shared-memory capacity (52526 candidates
+/// on the H100; they re-read global memory) in the same launch, and case 59 rows of exactly the
+/// capacity and one more. Budgets up to 1025 pages (the kernel's sort limit), p from 0.05 to
+/// 0.99, ties, NaN/±inf and forced pages.
 #[test]
 fn adaptive_selection_matches_cpu() {
     let Some(g) = cuda() else { return };
     let c = CpuBackend;
     let mut r = rng(2024);
+    let cap = g.top_k_shared_key_capacity(true).unwrap();
+    eprintln!("top-k shared-memory key capacity: {cap} candidates");
     let (mut rows_total, mut rows_differ) = (0usize, 0usize);
     for case in 0..60 {
         let (hkv, group) = (r.random_range(1..4usize), r.random_range(1..5usize));
         let hq = hkv * group;
         let mut table = PageTable::new();
         let mut next = 0i32;
-        for _ in 0..r.random_range(1..4usize) {
-            let n = if case % 20 == 19 {
-                r.random_range(57000..60000usize)
+        let rows = if case % 20 == 19 {
+            3
+        } else {
+            r.random_range(1..4usize)
+        };
+        for row in 0..rows {
+            let n = if case == 59 {
+                [cap + 1, cap + 2, r.random_range(8000..9000)][row % 3]
+            } else if case % 20 == 19 {
+                [
+                    r.random_range(8000..9000usize),
+                    r.random_range(cap + 2..cap + 9000),
+                ][row % 2]
             } else if case % 10 == 9 {
                 r.random_range(8000..9000usize)
             } else {

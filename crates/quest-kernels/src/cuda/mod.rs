@@ -31,7 +31,7 @@ use device::{Family, PtxArch, guarded, probe};
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
 use cudarc::nvrtc::Ptx;
@@ -77,6 +77,9 @@ struct Inner {
     scratch: Mutex<ScratchArea>,
     /// The branch (`Backend::branch_begin`), `branch.rs`.
     branch: Branch,
+    /// Dynamic shared memory (words) the plain and the adaptive top-k may use for a row's keys
+    /// (`select.rs`, `key_room`), found on first need.
+    topk_key_room: [OnceLock<usize>; 2],
 }
 
 /// Split-K partials and the decode kernels' merge tickets (zero between launches).
@@ -147,6 +150,7 @@ impl CudaBackend {
                 functions: Mutex::new(HashMap::new()),
                 scratch: Mutex::new(ScratchArea::default()),
                 branch,
+                topk_key_room: [OnceLock::new(), OnceLock::new()],
             }),
         })
     }
@@ -168,6 +172,18 @@ impl CudaBackend {
 
     pub(crate) fn num_sms(&self) -> u32 {
         self.inner.num_sms
+    }
+
+    pub(crate) fn topk_key_room(&self) -> &[OnceLock<usize>; 2] {
+        &self.inner.topk_key_room
+    }
+
+    /// How many candidates a top-k row (plain, or `adaptive`) may have and still keep its keys
+    /// in shared memory on this device; longer rows re-read global memory on every pass. For
+    /// the tests, which put rows right at the limit.
+    #[doc(hidden)]
+    pub fn top_k_shared_key_capacity(&self, adaptive: bool) -> Result<usize> {
+        select::shared_key_capacity(self, adaptive)
     }
 
     /// The stream ops are queued on now: the main stream, or the branch's between

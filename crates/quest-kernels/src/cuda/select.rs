@@ -57,37 +57,78 @@ fn key_words(cand: usize) -> usize {
     cand + cand / 32 + 1
 }
 
-/// The dynamic shared memory (bytes) and `key_cap` of a top-k launch whose longest row has
-/// `longest` pages: every row's keys if the device allows that much next to the kernel's static
-/// shared memory, otherwise as many as it allows.
-fn key_smem(be: &CudaBackend, f: &CudaFunction, longest: usize) -> Result<(u32, i32)> {
+/// The most candidates whose skewed keys fit in `room` words: the largest `c` with
+/// `key_words(c) <= room` (`c + c / 32 <= room - 1` holds for `c = (room - 1) * 32 / 33`).
+fn key_capacity(room_words: usize) -> usize {
+    let mut c = room_words.saturating_sub(1) * 32 / 33;
+    while key_words(c + 1) <= room_words {
+        c += 1;
+    }
+    c
+}
+
+/// The dynamic shared memory (in 32-bit words) a top-k kernel may use beside its static shared
+/// memory, up to the device's opt-in limit. Found once per backend and kernel, when the
+/// function's limit is raised to it (always to the same value, so a launch on another thread
+/// never finds it lowered).
+fn key_room(be: &CudaBackend, f: &CudaFunction, adaptive: bool) -> Result<usize> {
     const OP: &str = "select_top_pages";
-    let cand = longest.saturating_sub(1);
-    if cand <= REGISTER_KEYS {
-        return Ok((0, 0));
+    let slot = &be.topk_key_room()[adaptive as usize];
+    if let Some(&room) = slot.get() {
+        return Ok(room);
     }
     let optin = be
         .context()
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(|e| cuda_err(OP, e))?;
+    // Also binds the context to this thread, which set_attribute does not do.
     let fixed = f.shared_size_bytes().map_err(|e| cuda_err(OP, e))?;
-    let room_words = (optin - fixed).max(0) as usize / 4;
-    // The longest row, or the most keys that fit (c + c / 32 + 1 <= room for this c).
-    let cap = if key_words(cand) <= room_words {
-        cand
-    } else {
-        room_words.saturating_sub(1) * 32 / 33
-    };
-    if cap <= REGISTER_KEYS {
-        return Ok((0, 0));
-    }
-    let bytes = (key_words(cap) * 4) as i32;
+    let room = (optin - fixed).max(0) as usize / 4;
     f.set_attribute(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        bytes,
+        (room * 4) as i32,
     )
     .map_err(|e| cuda_err(OP, e))?;
-    Ok((bytes as u32, i32_of(OP, "key_cap", cap)?))
+    let _ = slot.set(room);
+    Ok(room)
+}
+
+/// [`CudaBackend::top_k_shared_key_capacity`].
+pub(super) fn shared_key_capacity(be: &CudaBackend, adaptive: bool) -> Result<usize> {
+    let name = if adaptive {
+        "select_top_pages_mass"
+    } else {
+        "select_top_pages"
+    };
+    let f = be.func("select_top_pages", Family::Select, name)?;
+    Ok(key_capacity(key_room(be, &f, adaptive)?))
+}
+
+/// The dynamic shared memory (bytes) and `key_cap` of a top-k launch whose rows that run a
+/// selection have `cands` candidates each: sized for the longest of them over [`REGISTER_KEYS`]
+/// that fits the device's room. Longer rows take the global-memory path.
+fn key_smem(
+    be: &CudaBackend,
+    f: &CudaFunction,
+    adaptive: bool,
+    cands: &[usize],
+) -> Result<(u32, i32)> {
+    if cands.iter().all(|&c| c <= REGISTER_KEYS) {
+        return Ok((0, 0));
+    }
+    let cap = key_capacity(key_room(be, f, adaptive)?);
+    let need = cands
+        .iter()
+        .copied()
+        .filter(|&c| c > REGISTER_KEYS && c <= cap)
+        .max();
+    Ok(match need {
+        Some(n) => (
+            (key_words(n) * 4) as u32,
+            i32_of("select_top_pages", "key_cap", n)?,
+        ),
+        None => (0, 0),
+    })
 }
 
 /// The vectorised kernels give each lane 8 channels of a head, a team of `head_dim / 8` lanes
@@ -204,13 +245,8 @@ pub(super) fn select_top_pages(
             "output table rows do not match the budget (build it with for_selection)",
         ));
     }
-    expect_len(OP, "output indices", out.indices.len(), out.nnz())?;
-    expect_len(
-        OP,
-        "output last_page_len",
-        out.last_page_len.len(),
-        batch * heads,
-    )?;
+    // The device buffers of `out` (its indptr is read by the kernel) match its rows.
+    check_rows(OP, out)?;
     if let Some(k) = &kept {
         expect_len(OP, "kept counter", k.len(), 1)?;
     }
@@ -251,7 +287,22 @@ pub(super) fn select_top_pages(
         "select_top_pages"
     };
     let f = be.func(OP, Family::Select, name)?;
-    let (smem, key_cap) = key_smem(be, &f, longest)?;
+    // Rows that run a selection: over the budget (the plain kernel copies the others), or of
+    // two pages or more with an adaptive budget.
+    let cands: Vec<usize> = table
+        .indptr_host
+        .windows(2)
+        .map(|w| (w[1] - w[0]).max(0) as usize)
+        .filter(|&n| {
+            if trim.is_some() {
+                n > 1
+            } else {
+                n > budget_pages
+            }
+        })
+        .map(|n| n - 1)
+        .collect();
+    let (smem, key_cap) = key_smem(be, &f, trim.is_some(), &cands)?;
     let p = SelectParams { key_cap, ..p };
     let (sp, ip, xp, lp) = (
         scores.ptr(),
