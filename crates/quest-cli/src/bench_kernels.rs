@@ -2,7 +2,8 @@
 //! decode, and the whole Quest step, at head_dim 128, page 16, 32 query heads with 32 and 8 KV
 //! heads, batch 1, contexts 4K–128K, budgets 256–4096; plus the estimate over 8-bit bounds
 //! (`estimate_int8`, every context) and the Quest step with it (`quest_step_int8`, 32K/2048 and
-//! 128K/4096), its bounds encoded by `update_bounds_int8` from the benchmark's random keys; and
+//! 128K/4096), its bounds encoded by `update_bounds_int8` from the benchmark's random keys; the
+//! adaptive budget's top-k (`topk_mass`, p = 0.9, every context and budget); and
 //! the decode GEMVs of the 7B/8B layers (rows `gemv_*`: the `context` column holds the weight
 //! rows m, `budget` the columns k).
 //!
@@ -35,6 +36,8 @@ const D: usize = 128;
 const PS: usize = 16;
 /// The L2 flush reads 512 MiB of f32 as rows of this many values.
 const FLUSH_ROW: usize = 32768;
+/// The softmax-mass threshold of the `topk_mass` rows (the adaptive budget's kernel).
+const MASS: f32 = 0.9;
 /// (context, budget) of the Quest-step rows with 8-bit bounds.
 const INT8_STEPS: [(usize, usize); 2] = [(32768, 2048), (131072, 4096)];
 
@@ -286,6 +289,34 @@ pub fn run(args: &KernelArgs) -> Res<()> {
                     us,
                     bytes: (HQ * n * 4) as f64,
                 });
+                // The adaptive budget's kernel, for budgets it supports (at most 1025 pages: it
+                // sorts a row's winners in shared memory).
+                if bp <= 1025 {
+                    // Own output tables: its trimmed rows must not feed the sparse decode below.
+                    let mut sels_mass: Vec<DevicePageTable<CudaBackend>> = (0..COPIES)
+                        .map(|c| {
+                            DevicePageTable::for_selection(&be, &tables[c].indptr_host, hkv, bp)
+                        })
+                        .collect::<Result<_, _>>()?;
+                    let us = timer.time(|c| {
+                        Ok(be.select_top_pages(
+                            &scores[c],
+                            &shape,
+                            &tables[c],
+                            SelectOptions::top_k(bp, TableRows::PerKvHead).with_mass(Some(MASS)),
+                            &mut sels_mass[c],
+                            None,
+                        )?)
+                    })?;
+                    rows.push(Row {
+                        op: "topk_mass".into(),
+                        hkv,
+                        context: ctx,
+                        budget,
+                        us,
+                        bytes: (HQ * n * 4) as f64,
+                    });
+                }
                 let sparse_bytes = (budget * hkv * D * 2 * 2) as f64 + q_bytes;
                 let us = timer.time(|c| {
                     Ok(be.decode_attention(
