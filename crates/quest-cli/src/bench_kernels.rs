@@ -268,9 +268,15 @@ pub fn run(args: &KernelArgs) -> Res<()> {
                     continue;
                 }
                 let bp = budget / PS;
-                let mut sels: Vec<DevicePageTable<CudaBackend>> = (0..COPIES)
-                    .map(|c| DevicePageTable::for_selection(&be, &tables[c].indptr_host, hkv, bp))
-                    .collect::<Result<_, _>>()?;
+                // One selection output table per copy of the inputs.
+                let new_selections = || -> anyhow::Result<Vec<DevicePageTable<CudaBackend>>> {
+                    Ok((0..COPIES)
+                        .map(|c| {
+                            DevicePageTable::for_selection(&be, &tables[c].indptr_host, hkv, bp)
+                        })
+                        .collect::<Result<_, _>>()?)
+                };
+                let mut sels = new_selections()?;
                 let us = timer.time(|c| {
                     Ok(be.select_top_pages(
                         &scores[c],
@@ -293,11 +299,7 @@ pub fn run(args: &KernelArgs) -> Res<()> {
                 // sorts a row's winners in shared memory).
                 if bp <= 1025 {
                     // Own output tables: its trimmed rows must not feed the sparse decode below.
-                    let mut sels_mass: Vec<DevicePageTable<CudaBackend>> = (0..COPIES)
-                        .map(|c| {
-                            DevicePageTable::for_selection(&be, &tables[c].indptr_host, hkv, bp)
-                        })
-                        .collect::<Result<_, _>>()?;
+                    let mut sels_mass = new_selections()?;
                     let us = timer.time(|c| {
                         Ok(be.select_top_pages(
                             &scores[c],
