@@ -515,7 +515,7 @@ fn top_k_ties_match_exactly() {
                     r.random_range(9000..20000),
                     r.random_range(cap + 2..cap + 9000),
                 ][row],
-                // Exactly `cap` candidates (the buffer full to its last word) and one more.
+                // Exactly `cap` candidates (the longest row that fits) and one more.
                 _ => [r.random_range(1..3000usize), cap + 1, cap + 2][row],
             };
             let pages: Vec<i32> = (0..n).map(|_| r.random_range(0..5000)).collect();

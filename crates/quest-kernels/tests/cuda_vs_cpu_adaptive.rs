@@ -126,7 +126,10 @@ fn adaptive_selection_matches_cpu() {
             .unwrap();
         }
         let budget = r.random_range(1..=1025usize);
-        let p = [0.05f32, 0.5, 0.9, 0.99, 1.0][r.random_range(0..5)];
+        // p = 1 runs the plain kernel: the long-row cases keep p < 1 so the adaptive kernel's
+        // shared-memory capacity is what they test.
+        let choices = if case % 20 == 19 { 4 } else { 5 };
+        let p = [0.05f32, 0.5, 0.9, 0.99, 1.0][r.random_range(0..choices)];
         for rows in [TableRows::PerQoHead, TableRows::PerKvHead] {
             let opts = SelectOptions::top_k(budget, rows).with_mass(Some(p));
             let (tk, _) = select(&c, &scores, &shape, &table, opts.with_mass(None));

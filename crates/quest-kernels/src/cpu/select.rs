@@ -267,6 +267,16 @@ pub fn force_pages(
     if table.indptr.first() != Some(&0) || table.indptr.last().copied() != Some(nnz as i32) {
         return Err(shape_err(OP, "page table indptr does not span its indices"));
     }
+    if table.last_page_len.len() != table.rows() {
+        return Err(shape_err(
+            OP,
+            format!(
+                "page table has {} rows but {} last_page_len entries",
+                table.rows(),
+                table.last_page_len.len()
+            ),
+        ));
+    }
     // Every row is checked before any score is written: a refused call changes nothing.
     if table.indptr.windows(2).any(|w| w[1] < w[0]) {
         return Err(shape_err(OP, "page table indptr decreases"));

@@ -36,48 +36,46 @@ pub(crate) fn check_table_sparse(
 /// The row structure of a device table, from its host copy of indptr: starts at 0, never
 /// decreases, and matches the lengths of the device buffers (indptr, last_page_len, indices).
 /// What every op that walks rows needs before a launch; [`check_table`] adds the page ids and
-/// last-page lengths.
-pub(crate) fn check_rows(op: &'static str, table: &DevicePageTable<CudaBackend>) -> Result<()> {
-    use crate::error::expect_len;
+/// last-page lengths. `what` names the table in the messages ("page table", "output table").
+/// Same checks, order and messages as [`crate::PageTable::validate`], then the device indptr.
+pub(crate) fn check_rows(
+    op: &'static str,
+    what: &str,
+    table: &DevicePageTable<CudaBackend>,
+) -> Result<()> {
     let ip = &table.indptr_host;
     if ip.is_empty() || ip[0] != 0 {
-        return Err(shape_err(op, "page table indptr must start with 0"));
-    }
-    if let Some(r) = ip.windows(2).position(|w| w[1] < w[0]) {
-        return Err(shape_err(
-            op,
-            format!("page table indptr decreases at row {r}"),
-        ));
+        return Err(shape_err(op, format!("{what} indptr must start with 0")));
     }
     let rows = ip.len() - 1;
-    expect_len(
-        op,
-        "page table indptr (device)",
-        table.indptr.len(),
-        ip.len(),
-    )?;
-    // Same checks and messages as PageTable::validate, on the host row structure and the
-    // mirrors, without copying them.
     if table.last_page_len.len() != rows {
         return Err(shape_err(
             op,
             format!(
-                "page table has {rows} rows but {} last_page_len entries",
+                "{what} has {rows} rows but {} last_page_len entries",
                 table.last_page_len.len()
             ),
         ));
     }
-    if table.indices.len() != table.nnz() {
+    if ip[rows] as usize != table.indices.len() {
         return Err(shape_err(
             op,
             format!(
-                "page table indptr ends at {} but indices has {} entries",
-                table.nnz(),
+                "{what} indptr ends at {} but indices has {} entries",
+                ip[rows],
                 table.indices.len()
             ),
         ));
     }
-    Ok(())
+    if let Some(r) = ip.windows(2).position(|w| w[1] < w[0]) {
+        return Err(shape_err(op, format!("{what} indptr decreases at row {r}")));
+    }
+    crate::error::expect_len(
+        op,
+        &format!("{what} indptr (device)"),
+        table.indptr.len(),
+        ip.len(),
+    )
 }
 
 fn check(
@@ -86,7 +84,7 @@ fn check(
     layout: &PagedLayout,
     empty_slots: bool,
 ) -> Result<()> {
-    check_rows(op, table)?;
+    check_rows(op, "page table", table)?;
     let ip = &table.indptr_host;
     if let Some(last) = &table.last_page_len.mirror {
         for (r, w) in ip.windows(2).enumerate() {

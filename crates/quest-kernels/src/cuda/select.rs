@@ -104,24 +104,20 @@ pub(super) fn shared_key_capacity(be: &CudaBackend, adaptive: bool) -> Result<us
     Ok(key_capacity(key_room(be, &f, adaptive)?))
 }
 
-/// The dynamic shared memory (bytes) and `key_cap` of a top-k launch whose rows that run a
-/// selection have `cands` candidates each: sized for the longest of them over [`REGISTER_KEYS`]
+/// The dynamic shared memory (bytes) and `key_cap` of a top-k launch whose rows that read keys
+/// have `cands()` candidates each: sized for the longest of them over [`REGISTER_KEYS`]
 /// that fits the device's room. Longer rows take the global-memory path.
-fn key_smem(
+fn key_smem<I: Iterator<Item = usize>>(
     be: &CudaBackend,
     f: &CudaFunction,
     adaptive: bool,
-    cands: &[usize],
+    cands: impl Fn() -> I,
 ) -> Result<(u32, i32)> {
-    if cands.iter().all(|&c| c <= REGISTER_KEYS) {
+    if cands().all(|c| c <= REGISTER_KEYS) {
         return Ok((0, 0));
     }
     let cap = key_capacity(key_room(be, f, adaptive)?);
-    let need = cands
-        .iter()
-        .copied()
-        .filter(|&c| c > REGISTER_KEYS && c <= cap)
-        .max();
+    let need = cands().filter(|&c| c > REGISTER_KEYS && c <= cap).max();
     Ok(match need {
         Some(n) => (
             (key_words(n) * 4) as u32,
@@ -246,7 +242,7 @@ pub(super) fn select_top_pages(
         ));
     }
     // The device buffers of `out` (its indptr is read by the kernel) match its rows.
-    check_rows(OP, out)?;
+    check_rows(OP, "output table", out)?;
     if let Some(k) = &kept {
         expect_len(OP, "kept counter", k.len(), 1)?;
     }
@@ -287,22 +283,25 @@ pub(super) fn select_top_pages(
         "select_top_pages"
     };
     let f = be.func(OP, Family::Select, name)?;
-    // Rows that run a selection: over the budget (the plain kernel copies the others), or of
+    // The candidates of the rows that read keys: none at a budget of one page (only the last
+    // page is kept); otherwise rows over the budget (the plain kernel copies the others), or of
     // two pages or more with an adaptive budget.
-    let cands: Vec<usize> = table
-        .indptr_host
-        .windows(2)
-        .map(|w| (w[1] - w[0]).max(0) as usize)
-        .filter(|&n| {
-            if trim.is_some() {
-                n > 1
-            } else {
-                n > budget_pages
-            }
-        })
-        .map(|n| n - 1)
-        .collect();
-    let (smem, key_cap) = key_smem(be, &f, trim.is_some(), &cands)?;
+    let selecting = || {
+        table
+            .indptr_host
+            .windows(2)
+            .map(|w| (w[1] - w[0]).max(0) as usize)
+            .filter(move |&n| {
+                budget_pages > 1
+                    && if trim.is_some() {
+                        n > 1
+                    } else {
+                        n > budget_pages
+                    }
+            })
+            .map(|n| n - 1)
+    };
+    let (smem, key_cap) = key_smem(be, &f, trim.is_some(), selecting)?;
     let p = SelectParams { key_cap, ..p };
     let (sp, ip, xp, lp) = (
         scores.ptr(),
@@ -348,7 +347,7 @@ pub(super) fn force_pages(
     recent: usize,
 ) -> Result<()> {
     const OP: &str = "force_pages";
-    check_rows(OP, table)?;
+    check_rows(OP, "page table", table)?;
     let nnz = table.nnz();
     expect_len(OP, "scores", scores.len(), num_qo_heads * nnz)?;
     let batch = table.rows();
