@@ -269,7 +269,7 @@ pub fn run(args: &KernelArgs) -> Res<()> {
                 }
                 let bp = budget / PS;
                 // One selection output table per copy of the inputs.
-                let new_selections = || -> anyhow::Result<Vec<DevicePageTable<CudaBackend>>> {
+                let new_selections = || -> Res<Vec<DevicePageTable<CudaBackend>>> {
                     Ok((0..COPIES)
                         .map(|c| {
                             DevicePageTable::for_selection(&be, &tables[c].indptr_host, hkv, bp)

@@ -186,6 +186,28 @@ pub(super) fn selection_errors<B: Backend>(b: &B) {
         );
     }
 
+    // An output table whose device indptr is shorter than its rows (built by hand): the kernel
+    // reads that indptr, so the call is refused.
+    let want = DevicePageTable::<B>::selection_indptr(&fx.table.indptr, 4, 1);
+    let mut short_out = DevicePageTable {
+        indptr_host: want.clone(),
+        indptr: up(b, &want[..want.len() - 1]),
+        indices: up(b, &vec![0i32; *want.last().unwrap() as usize]),
+        last_page_len: up(b, &vec![0i32; want.len() - 1]),
+    };
+    expect_err(
+        b.select_top_pages(
+            &scores,
+            &fx.shape,
+            &table,
+            SelectOptions::top_k(1, TableRows::PerQoHead),
+            &mut short_out,
+            None,
+        ),
+        sel,
+        &["output"],
+    );
+
     // force_pages: scores must be [num_qo_heads, nnz] of the table, whose rows must span its
     // indices; a refused call leaves the scores unchanged.
     let fp = "force_pages";
