@@ -252,36 +252,14 @@ impl PageTable {
     }
 
     fn check(&self, op: &'static str, layout: &PagedLayout, empty_slots: bool) -> Result<()> {
-        if self.indptr.is_empty() || self.indptr[0] != 0 {
-            return Err(shape_err(op, "page table indptr must start with 0"));
-        }
-        let rows = self.rows();
-        if self.last_page_len.len() != rows {
-            return Err(shape_err(
-                op,
-                format!(
-                    "page table has {rows} rows but {} last_page_len entries",
-                    self.last_page_len.len()
-                ),
-            ));
-        }
-        if *self.indptr.last().unwrap_or(&0) as usize != self.indices.len() {
-            return Err(shape_err(
-                op,
-                format!(
-                    "page table indptr ends at {} but indices has {} entries",
-                    self.indptr[rows],
-                    self.indices.len()
-                ),
-            ));
-        }
-        for r in 0..rows {
-            if self.indptr[r + 1] < self.indptr[r] {
-                return Err(shape_err(
-                    op,
-                    format!("page table indptr decreases at row {r}"),
-                ));
-            }
+        check_row_structure(
+            op,
+            "page table",
+            &self.indptr,
+            self.indices.len(),
+            self.last_page_len.len(),
+        )?;
+        for r in 0..self.rows() {
             let n = self.indptr[r + 1] - self.indptr[r];
             let last = self.last_page_len[r];
             if n > 0 && (last < 1 || last as usize > layout.page_size) {
@@ -316,4 +294,41 @@ impl PageTable {
         }
         Ok(())
     }
+}
+
+/// The row structure of a CSR page table (`what` names it in the messages): `indptr` starts at 0,
+/// has one `last_page_len` entry per row, ends at the number of `indices` and never decreases.
+/// Shared by [`PageTable::validate`], the CPU `force_pages` and the CUDA backend's checks of
+/// device tables (on their host copy of `indptr`), so every backend refuses the same tables with
+/// the same words.
+pub(crate) fn check_row_structure(
+    op: &'static str,
+    what: &str,
+    indptr: &[i32],
+    num_indices: usize,
+    num_last_page_len: usize,
+) -> Result<()> {
+    if indptr.first() != Some(&0) {
+        return Err(shape_err(op, format!("{what} indptr must start with 0")));
+    }
+    let rows = indptr.len() - 1;
+    if num_last_page_len != rows {
+        return Err(shape_err(
+            op,
+            format!("{what} has {rows} rows but {num_last_page_len} last_page_len entries"),
+        ));
+    }
+    if indptr[rows] as usize != num_indices {
+        return Err(shape_err(
+            op,
+            format!(
+                "{what} indptr ends at {} but indices has {num_indices} entries",
+                indptr[rows]
+            ),
+        ));
+    }
+    if let Some(r) = indptr.windows(2).position(|w| w[1] < w[0]) {
+        return Err(shape_err(op, format!("{what} indptr decreases at row {r}")));
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 use crate::backend::{AttentionShape, SelectOptions};
 use crate::dtype::Half;
 use crate::error::{Result, expect_len, shape_err};
-use crate::layout::{EMPTY_PAGE, PageTable, TableRows};
+use crate::layout::{EMPTY_PAGE, PageTable, TableRows, check_row_structure};
 use crate::quant::dequant;
 
 /// `scores[h, j] = Σ_i max(q_i · max_i, q_i · min_i)`, an upper bound of `q · k` for every key `k`
@@ -264,23 +264,14 @@ pub fn force_pages(
     const OP: &str = "force_pages";
     let nnz = table.indices.len();
     expect_len(OP, "scores", scores.len(), num_qo_heads * nnz)?;
-    if table.indptr.first() != Some(&0) || table.indptr.last().copied() != Some(nnz as i32) {
-        return Err(shape_err(OP, "page table indptr does not span its indices"));
-    }
-    if table.last_page_len.len() != table.rows() {
-        return Err(shape_err(
-            OP,
-            format!(
-                "page table has {} rows but {} last_page_len entries",
-                table.rows(),
-                table.last_page_len.len()
-            ),
-        ));
-    }
     // Every row is checked before any score is written: a refused call changes nothing.
-    if table.indptr.windows(2).any(|w| w[1] < w[0]) {
-        return Err(shape_err(OP, "page table indptr decreases"));
-    }
+    check_row_structure(
+        OP,
+        "page table",
+        &table.indptr,
+        nnz,
+        table.last_page_len.len(),
+    )?;
     for w in table.indptr.windows(2) {
         let (start, n) = (w[0] as usize, (w[1] - w[0]) as usize);
         let last = n.saturating_sub(1);

@@ -2,8 +2,8 @@
 
 use super::CudaBackend;
 use crate::backend::DevicePageTable;
-use crate::error::{Result, shape_err};
-use crate::layout::{EMPTY_PAGE, PagedLayout};
+use crate::error::{Result, expect_len};
+use crate::layout::{EMPTY_PAGE, PagedLayout, check_row_structure};
 
 /// Grid-stride launch size for `n` elements with 256 threads a block.
 pub(crate) fn elementwise_grid(n: usize) -> u32 {
@@ -37,40 +37,16 @@ pub(crate) fn check_table_sparse(
 /// decreases, and matches the lengths of the device buffers (indptr, last_page_len, indices).
 /// What every op that walks rows needs before a launch; [`check_table`] adds the page ids and
 /// last-page lengths. `what` names the table in the messages ("page table", "output table").
-/// Same checks, order and messages as [`crate::PageTable::validate`], then the device indptr.
+/// The checks and messages of [`crate::PageTable::validate`] (`check_row_structure`), then the
+/// device indptr's length.
 pub(crate) fn check_rows(
     op: &'static str,
     what: &str,
     table: &DevicePageTable<CudaBackend>,
 ) -> Result<()> {
     let ip = &table.indptr_host;
-    if ip.is_empty() || ip[0] != 0 {
-        return Err(shape_err(op, format!("{what} indptr must start with 0")));
-    }
-    let rows = ip.len() - 1;
-    if table.last_page_len.len() != rows {
-        return Err(shape_err(
-            op,
-            format!(
-                "{what} has {rows} rows but {} last_page_len entries",
-                table.last_page_len.len()
-            ),
-        ));
-    }
-    if ip[rows] as usize != table.indices.len() {
-        return Err(shape_err(
-            op,
-            format!(
-                "{what} indptr ends at {} but indices has {} entries",
-                ip[rows],
-                table.indices.len()
-            ),
-        ));
-    }
-    if let Some(r) = ip.windows(2).position(|w| w[1] < w[0]) {
-        return Err(shape_err(op, format!("{what} indptr decreases at row {r}")));
-    }
-    crate::error::expect_len(
+    check_row_structure(op, what, ip, table.indices.len(), table.last_page_len.len())?;
+    expect_len(
         op,
         &format!("{what} indptr (device)"),
         table.indptr.len(),
